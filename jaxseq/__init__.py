@@ -1,0 +1,12 @@
+"""jaxseq: recurrent and convolutional sequence models as pure JAX functions."""
+from jaxseq import initializers, losses
+from jaxseq.cells import Cell, LSTMState, gru, lstm, mgu, simple_rnn
+from jaxseq.layers import Layer, bidirectional, recurrent, stack
+from jaxseq.sequence import unroll
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cell", "LSTMState", "Layer", "bidirectional", "gru", "initializers", "losses", "lstm",
+    "mgu", "recurrent", "simple_rnn", "stack", "unroll",
+]

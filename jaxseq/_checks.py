@@ -1,0 +1,118 @@
+"""Input validation shared by every public entry point.
+
+Every check runs in Python on static shapes and dtypes, before tracing reaches XLA, and
+fails with a message of the form ``"<argument>: expected <what>, got <what>"``.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def fail(argument: str, expected: str, received: Any, error: type = ValueError):
+  raise error(f"{argument}: expected {expected}, got {received}")
+
+
+def positive_int(argument: str, value: Any) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    fail(argument, "a positive int", repr(value), TypeError)
+  if value <= 0:
+    fail(argument, "a positive int", repr(value))
+  return int(value)
+
+
+def optional_positive_int(argument: str, value: Any) -> int | None:
+  return None if value is None else positive_int(argument, value)
+
+
+def probability(argument: str, value: Any) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+    fail(argument, "a float in [0, 1)", repr(value), TypeError)
+  if not 0.0 <= value < 1.0:
+    fail(argument, "a float in [0, 1)", repr(value))
+  return float(value)
+
+
+def choice(argument: str, value: Any, choices: Sequence[Any]) -> Any:
+  if value not in choices:
+    fail(argument, "one of " + ", ".join(repr(c) for c in choices), repr(value))
+  return value
+
+
+def float_array(argument: str, x: Any) -> jax.Array:
+  """Returns ``x`` as a JAX array, insisting on a floating dtype."""
+  if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+    if isinstance(x, (list, tuple, float, int)) and not isinstance(x, bool):
+      x = np.asarray(x)
+    else:
+      fail(argument, "an array", type(x).__name__, TypeError)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    fail(argument, "a floating-point array (cast with .astype(jnp.float32))",
+         f"dtype {x.dtype}", TypeError)
+  return jnp.asarray(x)
+
+
+def _shape_tree(tree: Any) -> Any:
+  return jax.tree.map(lambda a: tuple(np.shape(a)), tree)
+
+
+def _describe(tree: Any) -> str:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return "{" + ", ".join(f"{jax.tree_util.keystr(p)}: {tuple(np.shape(a))}"
+                         for p, a in leaves) + "}"
+
+
+@functools.lru_cache(maxsize=256)
+def _expected_params(init, input_size: int):
+  return jax.eval_shape(lambda: init(jax.random.PRNGKey(0), input_size))
+
+
+def _same_shapes(a: Any, b: Any) -> bool:
+  return (jax.tree.structure(a) == jax.tree.structure(b)
+          and _shape_tree(a) == _shape_tree(b))
+
+
+def cell_params(cell, params: Any, input_size: int) -> None:
+  """Checks that ``params`` are this cell's parameters for inputs of ``input_size``."""
+  expected = _expected_params(cell.init, input_size)
+  if _same_shapes(expected, params):
+    return
+  name = (cell.spec or {}).get("name", "this cell")
+  # Is it the feature size of xs that is wrong, not the params? Try the sizes in params.
+  sizes = {d for a in jax.tree.leaves(params) for d in np.shape(a)}
+  for size in sorted(sizes):
+    if _same_shapes(_expected_params(cell.init, size), params):
+      fail("xs", f"feature size {size} (the input size of these {name} params)",
+           f"feature size {input_size}")
+  fail("params", f"params of {name} for input size {input_size}, shaped "
+       f"{_describe(expected)}", _describe(params))
+
+
+def carry(cell, params: Any, carry_value: Any, batch_shape: tuple[int, ...]) -> None:
+  expected = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
+  if not _same_shapes(expected, carry_value):
+    fail("carry", f"a carry shaped {_describe(expected)} for batch shape {batch_shape}",
+         _describe(carry_value))
+
+
+def lengths(value: Any, batch_shape: tuple[int, ...], num_steps: int) -> jax.Array | None:
+  """Validates per-example sequence lengths; values are checked when they are concrete."""
+  if value is None:
+    return None
+  if not hasattr(value, "dtype"):
+    value = np.asarray(value)
+  if not jnp.issubdtype(value.dtype, jnp.integer):
+    fail("lengths", "an integer array", f"dtype {value.dtype}", TypeError)
+  if tuple(value.shape) != tuple(batch_shape):
+    fail("lengths", f"shape {tuple(batch_shape)} (the batch shape of xs)",
+         f"shape {tuple(value.shape)}")
+  if not isinstance(value, jax.core.Tracer):
+    concrete = np.asarray(value)
+    if concrete.size and (concrete.min() < 0 or concrete.max() > num_steps):
+      fail("lengths", f"values in [0, {num_steps}] (the number of time steps)",
+           f"values in [{concrete.min()}, {concrete.max()}]")
+  return jnp.asarray(value)

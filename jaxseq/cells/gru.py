@@ -1,0 +1,80 @@
+"""Gated recurrent unit, reset-after (cuDNN/PyTorch) and reset-before (Cho et al. 2014)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxseq import _checks
+from jaxseq.cells.base import (Cell, Initializer, cast, check_input, common_options,
+                               default_inits, gate_blocks, zeros_carry)
+
+Activation = Callable[[jax.Array], jax.Array]
+
+
+def gru(hidden_size: int, *, reset_after: bool = True, gate_fn: Activation = jax.nn.sigmoid,
+        activation: Activation = jnp.tanh, use_bias: bool = True,
+        kernel_init: Initializer | None = None, recurrent_init: Initializer | None = None,
+        bias_init: Initializer | None = None, dtype=None, param_dtype=jnp.float32) -> Cell:
+  r"""GRU cell (Cho et al. 2014)::
+
+      r_t = \sigma(x_t W_r + h_{t-1} U_r + b_r)
+      z_t = \sigma(x_t W_z + h_{t-1} U_z + b_z)
+      n_t = \tanh(x_t W_n + b_n + r_t \odot (h_{t-1} U_n + b_{hn}))   reset_after=True
+      n_t = \tanh(x_t W_n + (r_t \odot h_{t-1}) U_n + b_n)            reset_after=False
+      h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+
+  ``reset_after=True`` is the cuDNN/PyTorch ``nn.GRU`` form (the reset gate multiplies the
+  recurrent matmul's result, so that matmul can run for all gates at once);
+  ``reset_after=False`` is the original form of Cho et al. 2014 (the reset gate multiplies
+  ``h_{t-1}`` before the matmul). The output is ``y_t = h_t``.
+
+  Params (gates in PyTorch's order ``r, z, n``): ``w_ih (D, 3H)``, ``w_hh (H, 3H)``,
+  ``b (3H,)``; reset-after adds ``b_hn (H,)``. PyTorch's ``b_ih + b_hh`` equals ``b`` for the
+  ``r, z`` blocks, its ``b_in`` is our ``b_n`` and its ``b_hn`` stays apart.
+  """
+  hidden_size = common_options(hidden_size, use_bias, dtype, param_dtype)
+  if not isinstance(reset_after, bool):
+    _checks.fail("reset_after", "a bool", repr(reset_after), TypeError)
+  kernel_init, recurrent_init, bias_init = default_inits(hidden_size, kernel_init,
+                                                         recurrent_init, bias_init)
+  H = hidden_size
+
+  def init(key: jax.Array, input_size: int) -> dict:
+    input_size = _checks.positive_int("input_size", input_size)
+    k_ih, k_hh, k_b, k_bn = jax.random.split(key, 4)
+    params = {"w_ih": gate_blocks(kernel_init, k_ih, input_size, H, 3, param_dtype),
+              "w_hh": gate_blocks(recurrent_init, k_hh, H, H, 3, param_dtype)}
+    if use_bias:
+      params["b"] = bias_init(k_b, (3 * H,), param_dtype)
+      if reset_after:
+        params["b_hn"] = bias_init(k_bn, (H,), param_dtype)
+    return params
+
+  def step(params: dict, h: jax.Array, x_t: jax.Array):
+    check_input("gru", params["w_ih"], x_t)
+    x_t, h, w_ih, w_hh, b, b_hn = cast(dtype, x_t, h, params["w_ih"], params["w_hh"],
+                                       params.get("b"), params.get("b_hn"))
+    gx = x_t @ w_ih
+    if b is not None:
+      gx = gx + b
+    x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
+    if reset_after:
+      h_r, h_z, h_n = jnp.split(h @ w_hh, 3, axis=-1)
+      if b_hn is not None:
+        h_n = h_n + b_hn
+      r = gate_fn(x_r + h_r)
+      z = gate_fn(x_z + h_z)
+      n = activation(x_n + r * h_n)
+    else:
+      h_r, h_z = jnp.split(h @ w_hh[:, :2 * H], 2, axis=-1)
+      r = gate_fn(x_r + h_r)
+      z = gate_fn(x_z + h_z)
+      n = activation(x_n + (r * h) @ w_hh[:, 2 * H:])
+    h = (1.0 - z) * n + z * h
+    return h, h
+
+  spec = dict(name="gru", hidden_size=H, output_size=H, reset_after=reset_after,
+              gate_fn=gate_fn, activation=activation, use_bias=use_bias, feature_ndim=1)
+  return Cell(init, zeros_carry(H, dtype), step, spec)

@@ -1,0 +1,78 @@
+"""Minimal gated unit (Zhou, Wu, Zhang & Zhou 2016)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxseq import _checks
+from jaxseq.cells.base import (Cell, Initializer, cast, check_input, common_options,
+                               default_inits, gate_blocks, zeros_carry)
+
+Activation = Callable[[jax.Array], jax.Array]
+
+
+def mgu(hidden_size: int, *, reset_after: bool = False, gate_fn: Activation = jax.nn.sigmoid,
+        activation: Activation = jnp.tanh, use_bias: bool = True,
+        kernel_init: Initializer | None = None, recurrent_init: Initializer | None = None,
+        bias_init: Initializer | None = None, dtype=None, param_dtype=jnp.float32) -> Cell:
+  r"""Minimal gated unit: a GRU whose reset and update gates are one gate ``f``.
+
+  ``reset_after=False`` (default) is the paper (Zhou et al. 2016, eq. 9)::
+
+      f_t = \sigma(x_t W_f + h_{t-1} U_f + b_f)
+      n_t = \tanh(x_t W_n + (f_t \odot h_{t-1}) U_n + b_n)
+      h_t = (1 - f_t) \odot h_{t-1} + f_t \odot n_t
+
+  ``reset_after=True`` is Flax's ``MGUCell``: the gate multiplies the recurrent matmul's
+  result and, as in GRUs, ``f`` keeps the old state::
+
+      n_t = \tanh(x_t W_n + b_n + f_t \odot (h_{t-1} U_n + b_{hn}))
+      h_t = (1 - f_t) \odot n_t + f_t \odot h_{t-1}
+
+  Params (gates ``f, n``): ``w_ih (D, 2H)``, ``w_hh (H, 2H)``, ``b (2H,)``; reset-after adds
+  ``b_hn (H,)``. The output is ``y_t = h_t``.
+  """
+  hidden_size = common_options(hidden_size, use_bias, dtype, param_dtype)
+  if not isinstance(reset_after, bool):
+    _checks.fail("reset_after", "a bool", repr(reset_after), TypeError)
+  kernel_init, recurrent_init, bias_init = default_inits(hidden_size, kernel_init,
+                                                         recurrent_init, bias_init)
+  H = hidden_size
+
+  def init(key: jax.Array, input_size: int) -> dict:
+    input_size = _checks.positive_int("input_size", input_size)
+    k_ih, k_hh, k_b, k_bn = jax.random.split(key, 4)
+    params = {"w_ih": gate_blocks(kernel_init, k_ih, input_size, H, 2, param_dtype),
+              "w_hh": gate_blocks(recurrent_init, k_hh, H, H, 2, param_dtype)}
+    if use_bias:
+      params["b"] = bias_init(k_b, (2 * H,), param_dtype)
+      if reset_after:
+        params["b_hn"] = bias_init(k_bn, (H,), param_dtype)
+    return params
+
+  def step(params: dict, h: jax.Array, x_t: jax.Array):
+    check_input("mgu", params["w_ih"], x_t)
+    x_t, h, w_ih, w_hh, b, b_hn = cast(dtype, x_t, h, params["w_ih"], params["w_hh"],
+                                       params.get("b"), params.get("b_hn"))
+    gx = x_t @ w_ih
+    if b is not None:
+      gx = gx + b
+    x_f, x_n = jnp.split(gx, 2, axis=-1)
+    if reset_after:
+      h_f, h_n = jnp.split(h @ w_hh, 2, axis=-1)
+      if b_hn is not None:
+        h_n = h_n + b_hn
+      f = gate_fn(x_f + h_f)
+      n = activation(x_n + f * h_n)
+      h = (1.0 - f) * n + f * h
+    else:
+      f = gate_fn(x_f + h @ w_hh[:, :H])
+      n = activation(x_n + (f * h) @ w_hh[:, H:])
+      h = (1.0 - f) * h + f * n
+    return h, h
+
+  spec = dict(name="mgu", hidden_size=H, output_size=H, reset_after=reset_after,
+              gate_fn=gate_fn, activation=activation, use_bias=use_bias, feature_ndim=1)
+  return Cell(init, zeros_carry(H, dtype), step, spec)

@@ -1,0 +1,63 @@
+"""Elman recurrent network (Elman 1990)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxseq import _checks
+from jaxseq.cells.base import (Cell, Initializer, cast, check_input, common_options,
+                               default_inits, zeros_carry)
+
+
+def simple_rnn(hidden_size: int, activation: Callable[[jax.Array], jax.Array] = jnp.tanh, *,
+               use_bias: bool = True, kernel_init: Initializer | None = None,
+               recurrent_init: Initializer | None = None,
+               bias_init: Initializer | None = None, dtype=None,
+               param_dtype=jnp.float32) -> Cell:
+  r"""Elman RNN cell (Elman 1990)::
+
+      h_t = \phi(x_t W_{ih} + h_{t-1} W_{hh} + b)
+
+  ``activation`` is any ``\phi``: ``jnp.tanh`` (default), ``jax.nn.relu`` (with
+  ``recurrent_init=initializers.identity()`` and zero bias this is the IRNN of Le et al.
+  2015) or ``lambda x: x`` (a linear RNN). The output is ``y_t = h_t``.
+
+  Params: ``w_ih (D, H)``, ``w_hh (H, H)``, ``b (H,)`` (no ``b`` when ``use_bias=False``).
+  Defaults follow PyTorch's ``nn.RNN``: every entry ~ U(-1/sqrt(H), 1/sqrt(H)).
+
+  Example::
+
+      cell = jaxseq.simple_rnn(64)
+      params = cell.init(jax.random.PRNGKey(0), input_size=3)
+      ys, h_T = jaxseq.unroll(cell, params, xs)          # xs: (B, T, 3)
+  """
+  hidden_size = common_options(hidden_size, use_bias, dtype, param_dtype)
+  if not callable(activation):
+    raise TypeError(f"activation: expected a callable, got {activation!r}")
+  kernel_init, recurrent_init, bias_init = default_inits(hidden_size, kernel_init,
+                                                         recurrent_init, bias_init)
+
+  def init(key: jax.Array, input_size: int) -> dict:
+    input_size = _checks.positive_int("input_size", input_size)
+    k_ih, k_hh, k_b = jax.random.split(key, 3)
+    params = {"w_ih": kernel_init(k_ih, (input_size, hidden_size), param_dtype),
+              "w_hh": recurrent_init(k_hh, (hidden_size, hidden_size), param_dtype)}
+    if use_bias:
+      params["b"] = bias_init(k_b, (hidden_size,), param_dtype)
+    return params
+
+  def step(params: dict, h: jax.Array, x_t: jax.Array):
+    check_input("simple_rnn", params["w_ih"], x_t)
+    x_t, h, w_ih, w_hh, b = cast(dtype, x_t, h, params["w_ih"], params["w_hh"],
+                                 params.get("b"))
+    z = x_t @ w_ih + h @ w_hh
+    if b is not None:
+      z = z + b
+    h = activation(z)
+    return h, h
+
+  spec = dict(name="simple_rnn", hidden_size=hidden_size, output_size=hidden_size,
+              activation=activation, use_bias=use_bias, feature_ndim=1)
+  return Cell(init, zeros_carry(hidden_size, dtype), step, spec)
