@@ -1,0 +1,8 @@
+"""Weight interop with PyTorch (``nn.RNN/LSTM/GRU``) and Flax linen cells.
+
+PyTorch is imported only when a PyTorch function is called.
+"""
+from jaxseq.interop._flax import from_flax
+from jaxseq.interop._torch import from_torch, to_torch
+
+__all__ = ["from_flax", "from_torch", "to_torch"]
