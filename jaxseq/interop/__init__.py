@@ -3,6 +3,6 @@
 PyTorch is imported only when a PyTorch function is called.
 """
 from jaxseq.interop._flax import from_flax
-from jaxseq.interop._torch import from_torch, to_torch
+from jaxseq.interop._torch import carry_from_torch, carry_to_torch, from_torch, to_torch
 
-__all__ = ["from_flax", "from_torch", "to_torch"]
+__all__ = ["carry_from_torch", "carry_to_torch", "from_flax", "from_torch", "to_torch"]
