@@ -41,14 +41,25 @@ MERGES: dict[str, Callable[[Any, Any], Any]] = {
 
 
 def _check_key(key: Any) -> None:
-  if key is not None and not (hasattr(key, "dtype") and hasattr(key, "shape")):
-    _checks.fail("key", "a PRNG key from jax.random.PRNGKey or jax.random.key",
-                 type(key).__name__, TypeError)
+  if key is None:
+    return
+  expected = "a single PRNG key from jax.random.PRNGKey or jax.random.key"
+  if not (hasattr(key, "dtype") and hasattr(key, "shape")):
+    _checks.fail("key", expected, type(key).__name__, TypeError)
+  # A float array or a batch of keys would otherwise fail deep inside jax.random.
+  try:
+    jax.eval_shape(jax.random.split, key)
+  except (TypeError, ValueError):
+    _checks.fail("key", expected, f"an array of dtype {key.dtype} and shape "
+                 f"{tuple(key.shape)}", TypeError)
 
 
 def _sequence_axes(cell: Cell, xs: jax.Array, time_major: bool) -> tuple[int, tuple[int, ...]]:
   """The time axis of ``xs`` and its batch shape."""
   nf = sequence.feature_ndim(cell)
+  if xs.ndim < nf + 1:  # as unroll checks it, before dropout's broadcasting changes xs
+    _checks.fail("xs", f"an array of rank >= {nf + 1} (*batch, T, *features)",
+                 f"shape {tuple(xs.shape)}")
   time_axis = 0 if time_major else xs.ndim - nf - 1
   batch = xs.shape[:time_axis] + xs.shape[time_axis + 1:xs.ndim - nf]
   return time_axis, tuple(batch)
@@ -104,6 +115,8 @@ def recurrent(cell: Cell, *, reverse: bool = False, time_major: bool = False,
         keep = jax.random.bernoulli(key_in, 1.0 - dropout, shape)
         xs = jnp.where(keep, xs / (1.0 - dropout), 0).astype(xs.dtype)
       if recurrent_dropout:
+        # Wrong params must fail here with unroll's message, not as a KeyError below.
+        _checks.cell_params(cell, params, xs.shape[-1])
         zero = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
         h = zero.h if isinstance(zero, LSTMState) else zero
         keep = jax.random.bernoulli(key_rec, 1.0 - recurrent_dropout, h.shape)
@@ -241,7 +254,14 @@ def stack(*layers: LayerLike, dropout: float = 0.0, residual: bool = False) -> L
     out_carries = []
     for i, layer in enumerate(layers):
       key_layer, key_drop = (None, None) if keys[i] is None else jax.random.split(keys[i])
-      ys, c = layer.apply(params[i], xs, lengths=lengths, carry=carries[i], key=key_layer)
+      try:
+        ys, c = layer.apply(params[i], xs, lengths=lengths, carry=carries[i], key=key_layer)
+      except ValueError as error:
+        if i == 0 or not str(error).startswith("xs:"):
+          raise
+        # Layer i's input is layer i-1's output: a feature-size mismatch is in params[i].
+        raise ValueError(f"params[{i}]: do not fit the output of layer {i - 1} "
+                         f"({str(error)[4:]})") from None
       if residual and i > 0:
         ys = ys + xs
       if dropout and key_drop is not None and i < len(layers) - 1:

@@ -28,9 +28,11 @@ def sequence_mask(lengths: jax.Array, num_steps: int, time_major: bool = False) 
   return jnp.moveaxis(mask, -1, 0) if time_major else mask
 
 
-def _reduce(per_step: jax.Array, lengths, mask, reduction: str, time_major: bool):
+def _valid_steps(step_shape: tuple[int, ...], lengths, mask, reduction: str,
+                 time_major: bool) -> jax.Array:
+  """Checks the arguments; returns the mask of valid steps, shaped ``step_shape``."""
   _checks.choice("reduction", reduction, REDUCTIONS)
-  step_shape = per_step.shape
+  step_shape = tuple(step_shape)
   if lengths is not None and mask is not None:
     raise ValueError("lengths, mask: expected at most one of them, got both")
   if lengths is not None:
@@ -38,11 +40,23 @@ def _reduce(per_step: jax.Array, lengths, mask, reduction: str, time_major: bool
     batch = step_shape[1:] if time_major else step_shape[:-1]
     if tuple(lengths.shape) != tuple(batch):
       _checks.fail("lengths", f"shape {tuple(batch)}", f"shape {tuple(lengths.shape)}")
+    # Integer dtype and, when concrete, values in [0, T], as unroll insists.
+    lengths = _checks.lengths(lengths, batch, step_shape[0 if time_major else -1])
     mask = sequence_mask(lengths, step_shape[0 if time_major else -1], time_major)
   if mask is None:
     mask = jnp.ones(step_shape, bool)
   elif tuple(jnp.shape(mask)) != tuple(step_shape):
     _checks.fail("mask", f"shape {tuple(step_shape)}", f"shape {tuple(jnp.shape(mask))}")
+  return jnp.asarray(mask)
+
+
+def _zero_padding(mask: jax.Array, x: jax.Array) -> jax.Array:
+  """``x`` (steps with trailing features) with padded steps zeroed before any loss reads
+  them: nan/inf there would otherwise make the gradients nan (0 * nan), masked or not."""
+  return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x, 0)
+
+
+def _reduce(per_step: jax.Array, mask: jax.Array, reduction: str) -> jax.Array:
   per_step = jnp.where(mask, per_step, 0.0)
   if reduction == "none":
     return per_step
@@ -65,17 +79,20 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
   """
   logits = _checks.float_array("logits", logits)
   labels = jnp.asarray(labels)
-  if jnp.issubdtype(labels.dtype, jnp.integer):
-    if labels.shape != logits.shape[:-1]:
-      _checks.fail("labels", f"integer labels of shape {tuple(logits.shape[:-1])}",
-                   f"shape {tuple(labels.shape)}")
+  integer_labels = jnp.issubdtype(labels.dtype, jnp.integer)
+  if integer_labels and labels.shape != logits.shape[:-1]:
+    _checks.fail("labels", f"integer labels of shape {tuple(logits.shape[:-1])}",
+                 f"shape {tuple(labels.shape)}")
+  if not integer_labels and labels.shape != logits.shape:
+    _checks.fail("labels", f"one-hot labels of shape {tuple(logits.shape)}",
+                 f"shape {tuple(labels.shape)}")
+  valid = _valid_steps(logits.shape[:-1], lengths, mask, reduction, time_major)
+  logits = _zero_padding(valid, logits)
+  if integer_labels:
     per_step = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   else:
-    if labels.shape != logits.shape:
-      _checks.fail("labels", f"one-hot labels of shape {tuple(logits.shape)}",
-                   f"shape {tuple(labels.shape)}")
-    per_step = optax.softmax_cross_entropy(logits, labels)
-  return _reduce(per_step, lengths, mask, reduction, time_major)
+    per_step = optax.softmax_cross_entropy(logits, _zero_padding(valid, labels))
+  return _reduce(per_step, valid, reduction)
 
 
 def squared_error(predictions: jax.Array, targets: jax.Array, *,
@@ -93,8 +110,10 @@ def squared_error(predictions: jax.Array, targets: jax.Array, *,
   if targets.shape != predictions.shape:
     _checks.fail("targets", f"shape {tuple(predictions.shape)} (as predictions)",
                  f"shape {tuple(targets.shape)}")
-  per_step = 0.5 * jnp.sum((predictions - targets) ** 2, axis=-1)
-  return _reduce(per_step, lengths, mask, reduction, time_major)
+  valid = _valid_steps(predictions.shape[:-1], lengths, mask, reduction, time_major)
+  errors = _zero_padding(valid, predictions) - _zero_padding(valid, targets)
+  per_step = 0.5 * jnp.sum(errors ** 2, axis=-1)
+  return _reduce(per_step, valid, reduction)
 
 
 def last_valid(ys: jax.Array, lengths: jax.Array | None = None,
@@ -111,6 +130,8 @@ def last_valid(ys: jax.Array, lengths: jax.Array | None = None,
   lengths = jnp.asarray(lengths)
   if tuple(lengths.shape) != tuple(ys.shape[:-2]):
     _checks.fail("lengths", f"shape {tuple(ys.shape[:-2])}", f"shape {tuple(lengths.shape)}")
+  # Integer dtype and, when concrete, values in [0, T]: out-of-range lengths were clipped.
+  lengths = _checks.lengths(lengths, ys.shape[:-2], ys.shape[-2])
   index = jnp.clip(lengths - 1, 0, ys.shape[-2] - 1)[..., None, None]
   last = jnp.take_along_axis(ys, index, axis=-2)[..., 0, :]
   return jnp.where((lengths > 0)[..., None], last, 0)

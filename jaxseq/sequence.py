@@ -1,6 +1,7 @@
 """Backpropagation through time: ``unroll`` scans a cell's step over a sequence."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -93,7 +94,10 @@ def _broadcast_to_leaf(mask: jax.Array, leaf: jax.Array) -> jax.Array:
   return mask.reshape(mask.shape + (1,) * (leaf.ndim - mask.ndim))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
 def _scan(step, params, carry, xs, lengths, reverse, unroll, chunk):
+  # jit with the step as a static argument: eager calls reuse the compiled scan instead of
+  # re-tracing it every time (inside an outer jit this is simply inlined).
   num_steps = xs.shape[0]
   total = num_steps if chunk is None else -(-num_steps // chunk) * chunk
   limit = lengths
