@@ -1,0 +1,537 @@
+r"""Gradient-flow diagnostics: how far back a recurrent network's gradients and
+perturbations reach.
+
+Three views of the same object, the product of step Jacobians
+``J_t = \partial carry_t / \partial carry_{t-1}`` along a trajectory:
+
+* ``grad_norms``: the backpropagated error ``\|\partial L / \partial carry_t\|`` at every
+  step, in one backward pass (the vanishing/exploding gradient picture of Bengio, Simard &
+  Frasconi 1994 and Pascanu, Mikolov & Bengio 2013); ``norm_ratios`` turns it into
+  per-step contraction factors.
+* ``jacobian_spectrum``: the singular values of ``J_t \cdots J_{s+1}`` (how a perturbation
+  of ``carry_s`` is stretched by the time it reaches ``carry_t``).
+* ``lyapunov``: the asymptotic growth rates of those singular values, the Lyapunov
+  exponents (Vogt et al. 2022; Engelken, Wolf & Abbott 2020).
+
+No dense ``n x n`` Jacobian is ever built: tangents are pushed through ``jax.jvp`` of the
+step, ``k`` at a time with ``jax.vmap``, so memory is ``O(n k)``.
+
+Example::
+
+    cell = jaxseq.lstm(64)
+    params = cell.init(key, 3)
+    norms = gradflow.grad_norms(cell, params, xs, lambda ys: ((ys[:, -1] - y) ** 2).sum())
+    gradflow.norm_ratios(norms)              # < 1 where the gradient vanishes going back
+    gradflow.lyapunov(cell, params, xs[0], warmup=100)
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from jaxseq import _checks
+from jaxseq import layers as layers_lib
+from jaxseq import sequence
+from jaxseq.cells.base import Cell
+
+__all__ = ["grad_norms", "jacobian_spectrum", "lyapunov", "norm_ratios"]
+
+_KINDS = ("recurrent", "bidirectional", "stack")
+
+
+# ----------------------------------------------------------------------------- grad_norms
+
+
+def grad_norms(model: Cell | layers_lib.Layer, params: Any, xs: jax.Array,
+               loss_fn: Callable[[Any], jax.Array], carry: Any = None, *,
+               lengths: jax.Array | None = None, per_leaf: bool = False,
+               per_example: bool = False) -> Any:
+  r"""Norm of the backpropagated error ``\partial L / \partial carry_t`` at every step.
+
+  ``carry_t`` is the carry produced by the step that reads ``xs[t]`` and
+  ``L = loss_fn(ys)``. The derivative is the *total* one, through every path by which
+  ``carry_t`` reaches the loss: the output ``y_t`` and all later steps,
+
+      \frac{\partial L}{\partial h_t} = \frac{\partial L}{\partial y_t}
+          \frac{\partial y_t}{\partial h_t}
+        + \frac{\partial L}{\partial h_{t+1}} J_{t+1},
+      \qquad J_{t+1} = \frac{\partial h_{t+1}}{\partial h_t},
+
+  so for a loss on the last output alone ``\partial L / \partial h_t =
+  \partial L / \partial h_{T-1} J_{T-1} \cdots J_{t+1}`` and the curve shows gradients
+  vanishing or exploding with the lag ``T - 1 - t`` (Bengio, Simard & Frasconi 1994;
+  Pascanu, Mikolov & Bengio 2013, Sec. 2).
+
+  All steps come from ONE backward pass: the carry gets a zero perturbation after every
+  step, ``carry_t \leftarrow carry_t + \epsilon_t`` with ``\epsilon_t = 0``, so the forward
+  pass is unchanged and ``\partial L / \partial \epsilon_t = \partial L / \partial carry_t``.
+  The output ``y_t`` sees the perturbation when it *is* the carry or one of its leaves (every
+  jaxseq cell: ``y_t = h_t``); a hand-made cell whose output is computed beside the carry
+  rather than from it gets only the path through later steps.
+
+  Args:
+    model: a ``Cell`` (run with ``jaxseq.unroll``) or a ``Layer`` made by
+      ``jaxseq.recurrent``, ``jaxseq.bidirectional`` and ``jaxseq.stack`` (any nesting).
+    params: the model's params.
+    xs: inputs ``(*batch, T, *features)`` as the model takes them (``(T, *batch, ...)``
+      for ``time_major`` layers).
+    loss_fn: ``loss_fn(ys) -> scalar``, on the model's outputs ``ys`` (include any readout
+      in it). ``per_example`` assumes it is a sum or mean of per-example terms.
+    carry: the initial carry, as the model takes it (zeros when ``None``).
+    lengths: per-example valid lengths, as in ``jaxseq.unroll``; norms at padded steps are
+      0 (the carry is not updated there).
+    per_leaf: one norm per carry leaf (``LSTMState(h=(T,), c=(T,))``) instead of the norm of
+      all leaves together, ``\sqrt{\|\partial L/\partial h_t\|^2 +
+      \|\partial L/\partial c_t\|^2}``.
+    per_example: norms over the feature axes only, shaped ``(*batch, T)``; otherwise over
+      batch and features, ``(T,)``. With a summed loss the examples do not interact, so
+      these are the per-example gradients.
+
+  Returns:
+    For a ``Cell`` or a ``recurrent`` layer, a ``(T,)`` array (``(*batch, T)`` with
+    ``per_example``; the carry's structure of them with ``per_leaf``). A ``bidirectional``
+    layer gives ``{"forward": ..., "backward": ...}`` and a ``stack`` a list with one entry
+    per layer: the structure of the layer's carry, each recurrent sub-layer's carry replaced
+    by its norms. Index ``t`` is always the input position ``xs[t]``, also for backward
+    directions (whose "later steps" are the earlier positions).
+  """
+  layer = _as_layer(model)
+  if not callable(loss_fn):
+    _checks.fail("loss_fn", "a callable loss_fn(ys) -> scalar", repr(loss_fn), TypeError)
+  for argument, value in (("per_leaf", per_leaf), ("per_example", per_example)):
+    if not isinstance(value, bool):
+      _checks.fail(argument, "a bool", repr(value), TypeError)
+  xs = _checks.float_array("xs", xs)
+  # Shape inference validates params, xs, carry and lengths with the layer's own messages
+  # and gives every recurrent sub-layer's carry shape (the layer's final carry).
+  _, carry_shapes = jax.eval_shape(
+      lambda p, x, c: layer.apply(p, x, lengths=lengths, carry=c), params, xs, carry)
+  num_steps, batch_shape = _time_and_batch(layer.spec, xs)
+  lengths = _checks.lengths(lengths, batch_shape, num_steps)
+  batch_ndim = len(batch_shape)
+
+  def square_norms(g):  # g: (T, *batch, *features) -> (T,) or (T, *batch)
+    axes = tuple(range(1 + (batch_ndim if per_example else 0), g.ndim))
+    return jnp.sum(jnp.square(g), axis=axes)
+
+  def finish(sq):
+    return jnp.moveaxis(jnp.sqrt(sq), 0, -1)
+
+  @jax.jit
+  def compute(params, xs, carry, lengths):
+    zeros = jax.tree.map(lambda c: jnp.zeros((num_steps,) + c.shape, c.dtype), carry_shapes)
+
+    def loss_of(perturbations):
+      ys, _ = _perturbed(layer.spec, perturbations).apply(params, xs, lengths=lengths,
+                                                          carry=carry)
+      loss = loss_fn(ys)
+      if jnp.ndim(loss) != 0 or not jnp.issubdtype(jnp.result_type(loss), jnp.floating):
+        _checks.fail("loss_fn", "a function returning a real scalar",
+                     f"an output of shape {jnp.shape(loss)} and dtype {jnp.result_type(loss)}")
+      return loss
+
+    grads = jax.grad(loss_of)(zeros)
+    if per_leaf:
+      return _map_carries(layer.spec, lambda g: jax.tree.map(
+          lambda leaf: finish(square_norms(leaf)), g), grads)
+    return _map_carries(layer.spec, lambda g: finish(
+        sum(square_norms(leaf) for leaf in jax.tree.leaves(g))), grads)
+
+  return compute(params, xs, carry, lengths)
+
+
+def norm_ratios(norms: Any) -> Any:
+  r"""Per-step ratios ``\|\partial L/\partial h_t\| / \|\partial L/\partial h_{t+1}\|``.
+
+  For a loss at the end of the sequence the ratio is the contraction of the backpropagated
+  error over one step, ``\|\delta_{t+1} J_{t+1}\| / \|\delta_{t+1}\|``, bounded by the
+  largest singular value of ``J_{t+1}`` (Pascanu, Mikolov & Bengio 2013, Sec. 2.1): ratios
+  below 1 over many steps mean vanishing gradients, above 1 exploding ones.
+
+  Args:
+    norms: ``grad_norms``'s output: an array ``(..., T)`` with time last, or a pytree of them
+      (``per_leaf``, layers).
+
+  Returns:
+    ``norms[..., :-1] / norms[..., 1:]``, shaped ``(..., T - 1)``, with the same structure.
+    A zero norm (padding, underflow) gives ``inf`` or ``nan`` there.
+  """
+  def is_curve(n):  # an array, or a plain list of numbers
+    return hasattr(n, "shape") or (isinstance(n, list) and bool(n) and all(
+        isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in n))
+
+  def ratio(n):
+    if isinstance(n, list):
+      n = np.asarray(n)
+    if not hasattr(n, "shape"):
+      _checks.fail("norms", "an array (..., T) or a pytree of them", type(n).__name__,
+                   TypeError)
+    n = jnp.asarray(n)
+    if n.ndim == 0 or n.shape[-1] < 2:
+      _checks.fail("norms", "arrays (..., T) with T >= 2 steps", f"shape {tuple(n.shape)}")
+    if not jnp.issubdtype(n.dtype, jnp.floating):
+      n = n.astype(jnp.float32)
+    return n[..., :-1] / n[..., 1:]
+
+  if not jax.tree.leaves(norms, is_leaf=is_curve):
+    _checks.fail("norms", "an array (..., T) or a pytree of them", repr(norms))
+  return jax.tree.map(ratio, norms, is_leaf=is_curve)
+
+
+def _as_layer(model: Any) -> layers_lib.Layer:
+  if isinstance(model, Cell):
+    return layers_lib.recurrent(model)
+  if not isinstance(model, layers_lib.Layer):
+    _checks.fail("model", "a jaxseq Cell or Layer", type(model).__name__, TypeError)
+  _check_spec(model.spec)
+  return model
+
+
+def _check_spec(spec: Any) -> None:
+  kind = (spec or {}).get("kind")
+  if kind not in _KINDS:
+    _checks.fail("model", "a Cell or a Layer built by jaxseq.recurrent, bidirectional and "
+                 "stack", f"a layer of kind {kind!r}")
+  if kind == "bidirectional":
+    _check_spec(spec["forward"])
+    _check_spec(spec["backward"])
+  elif kind == "stack":
+    for sub in spec["layers"]:
+      _check_spec(sub)
+
+
+def _time_and_batch(spec: Any, xs: jax.Array) -> tuple[int, tuple[int, ...]]:
+  """Number of steps and batch shape of ``xs`` as the first recurrent sub-layer reads it."""
+  while spec["kind"] != "recurrent":
+    spec = spec["forward"] if spec["kind"] == "bidirectional" else spec["layers"][0]
+  nf = sequence.feature_ndim(spec["cell"])
+  time_axis = 0 if spec["time_major"] else xs.ndim - nf - 1
+  batch = xs.shape[:time_axis] + xs.shape[time_axis + 1:xs.ndim - nf]
+  return xs.shape[time_axis], tuple(batch)
+
+
+def _map_carries(spec: Any, fn: Callable[[Any], Any], tree: Any) -> Any:
+  """Applies ``fn`` to each recurrent sub-layer's part of a carry-shaped ``tree``."""
+  if spec["kind"] == "recurrent":
+    return fn(tree)
+  if spec["kind"] == "bidirectional":
+    return {d: _map_carries(spec[d], fn, tree[d]) for d in ("forward", "backward")}
+  return [_map_carries(s, fn, t) for s, t in zip(spec["layers"], tree)]
+
+
+def _perturbed(spec: Any, perturbations: Any) -> layers_lib.Layer:
+  """The layer described by ``spec`` with ``perturbations[t]`` added to each recurrent
+  sub-layer's carry after the step that reads ``xs[t]``.
+
+  ``perturbations`` has the structure of the layer's carry, every leaf with a leading time
+  axis ``(T, *carry_leaf_shape)``. A recurrent or bidirectional layer appends its
+  perturbations to its input features, time-aligned with ``xs``; each perturbed cell splits
+  them off again (``_perturbed_cell``), so ``unroll`` and the combinators run unchanged.
+  A stack rebuilds itself from perturbed sub-layers (each one's input is the previous
+  one's output, which is where its perturbations must join).
+  """
+  kind = spec["kind"]
+  if kind == "stack":
+    sub = [_perturbed(s, p) for s, p in zip(spec["layers"], perturbations)]
+    return layers_lib.stack(*sub, dropout=spec["dropout"], residual=spec["residual"])
+  if kind == "recurrent":
+    directions = [(spec, perturbations)]
+  else:
+    directions = [(spec[d], perturbations[d]) for d in ("forward", "backward")]
+    for d, s in zip(("forward", "backward"), (spec["forward"], spec["backward"])):
+      if s["kind"] != "recurrent":  # bidirectional only takes recurrent directions
+        _checks.fail("model", f"a bidirectional layer with a recurrent {d} direction",
+                     f"a {s['kind']!r} layer")
+
+  def apply(params, xs, *, lengths=None, carry=None, key=None):
+    # Perturbation leaves, moved to each direction's time axis and appended to the features.
+    leaves, extra = [], []
+    for s, p in directions:
+      nf = sequence.feature_ndim(s["cell"])
+      time_axis = 0 if s["time_major"] else xs.ndim - nf - 1
+      own = [jnp.moveaxis(leaf, 0, time_axis) for leaf in jax.tree.leaves(p)]
+      for leaf in own:
+        if leaf.shape[:-1] != xs.shape[:-1]:
+          _checks.fail("model", "carry leaves shaped like the inputs but for the last axis "
+                       f"(inputs {tuple(xs.shape)})", f"a carry leaf {tuple(leaf.shape)}")
+      extra.append([leaf.shape[-1] for leaf in own])
+      leaves += own
+    dtype = jnp.result_type(xs, *leaves)
+    augmented = jnp.concatenate([xs.astype(dtype)] + [a.astype(dtype) for a in leaves], -1)
+    input_size, offset, cells = xs.shape[-1], xs.shape[-1], []
+    for (s, p), sizes in zip(directions, extra):
+      cells.append(_perturbed_cell(s["cell"], jax.tree.structure(p), sizes, input_size,
+                                   offset, augmented.shape[-1], xs.dtype))
+      offset += sum(sizes)
+    options = [{k: v for k, v in s.items() if k not in ("kind", "cell")} for s, _ in directions]
+    if kind == "recurrent":
+      inner = layers_lib.recurrent(cells[0], **options[0])
+    else:
+      inner = layers_lib.bidirectional(layers_lib.recurrent(cells[0], **options[0]),
+                                       layers_lib.recurrent(cells[1], **options[1]),
+                                       merge=spec["merge"])
+    return inner.apply(params, augmented, lengths=lengths, carry=carry)
+
+  return layers_lib.Layer(lambda key, input_size: None, apply, spec)
+
+
+def _perturbed_cell(cell: Cell, treedef: Any, sizes: Sequence[int], input_size: int,
+                    offset: int, total_size: int, x_dtype: Any) -> Cell:
+  """``cell`` reading ``[x_t, ..., eps_t, ...]`` with its ``eps_t`` (flattened carry leaves,
+  each ``sizes[i]`` features wide) at ``offset``; it adds ``eps_t`` to the new carry and to
+  the output where the output is a carry leaf."""
+  bounds = np.cumsum([offset] + list(sizes))
+
+  def init(key, size):  # the augmented input's params are the cell's own
+    return cell.init(key, size - (total_size - input_size))
+
+  def step(params, carry, x_aug):
+    new_carry, y = cell.step(params, carry, x_aug[..., :input_size].astype(x_dtype))
+    new_leaves = jax.tree.leaves(new_carry)
+    if jax.tree.structure(new_carry) != treedef:
+      _checks.fail("model", f"a cell whose step returns a carry structured as {treedef}",
+                   jax.tree.structure(new_carry))
+    perturbed = [leaf + x_aug[..., lo:hi].astype(leaf.dtype)
+                 for leaf, lo, hi in zip(new_leaves, bounds[:-1], bounds[1:])]
+
+    def through_carry(out):  # y_t = h_t: the output is the (now perturbed) carry leaf
+      for leaf, new in zip(new_leaves, perturbed):
+        if out is leaf:
+          return new
+      return out
+
+    return jax.tree.unflatten(treedef, perturbed), jax.tree.map(through_carry, y)
+
+  return Cell(init, cell.initial_carry, step, cell.spec)
+
+
+# ----------------------------------------------------------------------------- Jacobians
+
+
+def jacobian_spectrum(cell: Cell, params: Any, xs: jax.Array, k: int | None = None,
+                      carry: Any = None, s: int = 0, t: int | None = None, *,
+                      iterations: int = 4, key: jax.Array | None = None) -> jax.Array:
+  r"""Singular values of the product of step Jacobians ``\partial h_t / \partial h_s``.
+
+  Along the trajectory ``h_u = step(h_{u-1}, x_u)`` driven by ``xs`` (from ``carry``),
+
+      \frac{\partial h_t}{\partial h_s} = J_t J_{t-1} \cdots J_{s+1},
+      \qquad J_u = \frac{\partial h_u}{\partial h_{u-1}},
+
+  the linear map taking a perturbation of the carry after step ``s`` to its effect on the
+  carry after step ``t`` (identity when ``s == t``). Its singular values say how much
+  perturbations, and (transposed) gradients, are stretched over ``t - s`` steps. The state
+  ``h`` is the whole carry flattened (``jax.flatten_util.ravel_pytree``): for LSTMs
+  ``[h, c]``, size ``n = 2H``.
+
+  An orthonormal ``n x k`` frame ``Q`` is pushed through the steps by ``jax.jvp`` (``k``
+  tangents at once with ``jax.vmap``), so no matrix larger than ``n x k`` is formed, and the
+  result is ``svd(P Q)`` with ``P = \partial h_t / \partial h_s``. With ``k = n``
+  (default) ``Q = I`` and these are all singular values of ``P``. With ``k < n`` ``Q``
+  starts random and ``iterations`` rounds of subspace iteration ``Q \leftarrow
+  orth(P^T orth(P Q))`` (``P^T`` by ``jax.vjp``) turn it towards the top right singular
+  vectors, so the result approaches the ``k`` largest singular values (Halko, Martinsson
+  & Tropp 2011, Alg. 4.4); it is exact when ``P`` is a multiple of an orthogonal matrix.
+  For very long products the values over/underflow: use ``lyapunov`` for their rates.
+
+  Args:
+    cell: a ``Cell``.
+    params: the cell's params.
+    xs: one sequence ``(T, *features)`` (unbatched), or a batch of one ``(1, T, *features)``.
+    k: number of singular values, ``1 <= k <= n``; ``None``: ``n``.
+    carry: the carry before step 0, unbatched (batched with one row for a batch of one);
+      zeros when ``None``.
+    s, t: the steps, ``0 <= s <= t < T``; ``t = None``: ``T - 1``.
+    iterations: subspace-iteration rounds when ``k < n``.
+    key: PRNG key of the random starting frame when ``k < n`` (``PRNGKey(0)`` if ``None``).
+
+  Returns:
+    ``(k,)`` singular values, descending.
+  """
+  xs, flat, flat_step, n = _trajectory(cell, params, xs, carry)
+  num_steps = xs.shape[0]
+  k = _frame_size(k, n)
+  s = _step_index("s", s, num_steps)
+  t = num_steps - 1 if t is None else _step_index("t", t, num_steps)
+  if t < s:
+    _checks.fail("t", f"a step >= s = {s}", repr(t))
+  iterations = _nonnegative_int("iterations", iterations)
+
+  @jax.jit
+  def compute(flat, xs, frame):
+    flat = _run(flat_step, flat, xs[:s + 1])
+    segment = xs[s + 1:t + 1]
+    if k == n or iterations == 0:
+      return _singular_values(_push(flat_step, flat, frame, segment)[1])
+    _, pullback = jax.vjp(lambda h: _run(flat_step, h, segment), flat)
+
+    def refine(_, q):
+      y = _orthonormal(_push(flat_step, flat, q, segment)[1])
+      z = jax.vmap(lambda u: pullback(u)[0], in_axes=1, out_axes=1)(y)
+      return _orthonormal(z)
+
+    frame = lax.fori_loop(0, iterations, refine, frame)
+    return _singular_values(_push(flat_step, flat, frame, segment)[1])
+
+  return compute(flat, xs, _initial_frame(n, k, flat.dtype, key))
+
+
+def lyapunov(cell: Cell, params: Any, xs: jax.Array, k: int | None = None, warmup: int = 0,
+             carry: Any = None, *, key: jax.Array | None = None) -> jax.Array:
+  r"""The ``k`` largest Lyapunov exponents of a cell driven by ``xs`` (per step, nats).
+
+  The exponents are the growth rates of the singular values of the Jacobian product,
+  ``\lambda_i = \lim_{T \to \infty} \frac{1}{T} \log \sigma_i(J_T \cdots J_1)``. They are
+  computed by the standard QR (Benettin) algorithm (Vogt et al. 2022, "On Lyapunov
+  exponents for RNNs", Sec. 2; Engelken, Wolf & Abbott 2020, "Lyapunov spectra of chaotic
+  recurrent neural networks", Methods): an orthonormal ``n x k`` frame ``Q`` is pushed one
+  step with ``jax.jvp`` (``vmap`` over its columns), re-orthonormalised,
+
+      J_u Q_{u-1} = Q_u R_u,    \lambda_i \approx \frac{1}{T - w}
+                                  \sum_{u=w}^{T-1} \log |(R_u)_{ii}|,
+
+  and the first ``w = warmup`` steps are left out of the average (the frame and the state
+  settle first). ``\lambda_1 < 0``: nearby trajectories converge, gradients vanish at rate
+  ``e^{\lambda_1}`` per step; ``\lambda_1 > 0``: chaos, exploding gradients.
+  ``\sum_i \lambda_i`` over all ``n`` is the mean ``\log |\det J_u|`` (phase-space
+  contraction). The state is the whole carry flattened (``[h, c]`` for LSTMs, ``n = 2H``).
+  A singular step Jacobian (dead ReLUs) gives ``-inf``.
+
+  Args:
+    cell: a ``Cell``.
+    params: the cell's params.
+    xs: one sequence ``(T, *features)`` (unbatched), or a batch of one ``(1, T, *features)``.
+    k: number of exponents, ``1 <= k <= n``; ``None``: ``n``.
+    warmup: steps run but not averaged, ``0 <= warmup < T``.
+    carry: the carry before step 0, unbatched (batched with one row for a batch of one);
+      zeros when ``None``.
+    key: PRNG key of the random starting frame when ``k < n`` (``PRNGKey(0)`` if ``None``);
+      ``k = n`` starts from the identity.
+
+  Returns:
+    ``(k,)`` exponents, descending.
+  """
+  xs, flat, flat_step, n = _trajectory(cell, params, xs, carry)
+  num_steps = xs.shape[0]
+  k = _frame_size(k, n)
+  warmup = _nonnegative_int("warmup", warmup)
+  if warmup >= num_steps:
+    _checks.fail("warmup", f"fewer steps than the {num_steps} of xs", repr(warmup))
+
+  @jax.jit
+  def compute(flat, xs, frame):
+    def body(state, inputs):
+      flat, frame, total = state
+      u, x_u = inputs
+      flat, tangents = _push_one(flat_step, flat, frame, x_u)
+      q, r = jnp.linalg.qr(tangents.astype(_qr_dtype(tangents.dtype)))
+      logs = jnp.log(jnp.abs(jnp.diagonal(r)))
+      total = total + jnp.where(u >= warmup, logs, 0)
+      return (flat, q.astype(frame.dtype), total), None
+
+    total = jnp.zeros((k,), _qr_dtype(frame.dtype))
+    (_, _, total), _ = lax.scan(body, (flat, frame, total), (jnp.arange(num_steps), xs))
+    return jnp.sort(total / (num_steps - warmup))[::-1]
+
+  return compute(flat, xs, _initial_frame(n, k, flat.dtype, key))
+
+
+def _trajectory(cell: Cell, params: Any, xs: Any, carry: Any):
+  """Validates the inputs; returns ``(xs (T, ...), flat carry, flat step, n)``."""
+  if not isinstance(cell, Cell):
+    _checks.fail("cell", "a jaxseq Cell", type(cell).__name__, TypeError)
+  xs = _checks.float_array("xs", xs)
+  nf = sequence.feature_ndim(cell)
+  expected = f"one sequence (T, *features) of rank {nf + 1}, or a batch of one (1, T, ...)"
+  if xs.ndim == nf + 2:
+    if xs.shape[0] != 1:
+      _checks.fail("xs", expected, f"shape {tuple(xs.shape)}")
+    xs = xs[0]
+    if carry is not None:
+      _checks.carry(cell, params, carry, (1,))
+      carry = jax.tree.map(lambda c: c[0], carry)
+  elif xs.ndim != nf + 1:
+    _checks.fail("xs", expected, f"shape {tuple(xs.shape)}")
+  if xs.shape[0] == 0:
+    _checks.fail("xs", "at least one time step", f"shape {tuple(xs.shape)}")
+  _checks.cell_params(cell, params, xs.shape[-1])
+  if carry is None:
+    carry = cell.initial_carry(params, ())
+  else:
+    _checks.carry(cell, params, carry, ())
+  # Start in the dtypes the step returns, as unroll does (float64 inputs, say).
+  out = jax.eval_shape(cell.step, params, carry, xs[0])[0]
+  carry = jax.tree.map(lambda c, o: jnp.asarray(c, o.dtype), carry, out)
+  flat, unravel = ravel_pytree(carry)
+
+  def flat_step(h, x_t):
+    return ravel_pytree(cell.step(params, unravel(h), x_t)[0])[0]
+
+  return xs, flat, flat_step, flat.shape[0]
+
+
+def _push_one(flat_step, flat, frame, x_t):
+  """One step of the state and of an ``(n, k)`` frame of tangents (``vmap`` of ``jvp``)."""
+  tangent_map = jax.vmap(lambda v: jax.jvp(lambda h: flat_step(h, x_t), (flat,), (v,)),
+                         in_axes=1, out_axes=(None, 1))
+  return tangent_map(frame)
+
+
+def _push(flat_step, flat, frame, xs):
+  """Pushes the state and a frame through the steps ``xs``: ``(h_end, P frame)``."""
+  def body(state, x_t):
+    return _push_one(flat_step, *state, x_t), None
+  return lax.scan(body, (flat, frame), xs)[0]
+
+
+def _run(flat_step, flat, xs):
+  return lax.scan(lambda h, x_t: (flat_step(h, x_t), None), flat, xs)[0]
+
+
+def _qr_dtype(dtype):
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _orthonormal(a):
+  return jnp.linalg.qr(a.astype(_qr_dtype(a.dtype)))[0].astype(a.dtype)
+
+
+def _singular_values(a):
+  return jnp.linalg.svd(a.astype(_qr_dtype(a.dtype)), compute_uv=False)
+
+
+def _initial_frame(n: int, k: int, dtype, key) -> jax.Array:
+  if k == n:
+    return jnp.eye(n, dtype=dtype)
+  key = jax.random.PRNGKey(0) if key is None else key
+  gaussian = jax.random.normal(key, (n, k), _qr_dtype(dtype))
+  return jnp.linalg.qr(gaussian)[0].astype(dtype)
+
+
+def _frame_size(k: Any, n: int) -> int:
+  if k is None:
+    return n
+  k = _checks.positive_int("k", k)
+  if k > n:
+    _checks.fail("k", f"at most the state size n = {n}", repr(k))
+  return k
+
+
+def _step_index(argument: str, value: Any, num_steps: int) -> int:
+  value = _nonnegative_int(argument, value)
+  if value >= num_steps:
+    _checks.fail(argument, f"a step in [0, {num_steps - 1}]", repr(value))
+  return value
+
+
+def _nonnegative_int(argument: str, value: Any) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    _checks.fail(argument, "a non-negative int", repr(value), TypeError)
+  if value < 0:
+    _checks.fail(argument, "a non-negative int", repr(value))
+  return int(value)
