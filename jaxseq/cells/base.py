@@ -59,6 +59,27 @@ def gate_blocks(init: Initializer, key: jax.Array, rows: int, hidden_size: int,
   return jnp.concatenate([init(k, (rows, hidden_size), dtype) for k in keys], axis=-1)
 
 
+def dense_params(key: jax.Array, input_size: int, hidden_size: int, num_gates: int, *,
+                 kernel_init: Initializer, recurrent_init: Initializer,
+                 bias_init: Initializer, use_bias: bool, param_dtype,
+                 recurrent_size: int | None = None, hidden_bias: bool = False) -> dict:
+  """The params every dense cell has: ``w_ih (D, G*H)``, ``w_hh (H', G*H)``, ``b (G*H,)``.
+
+  ``hidden_bias`` adds ``b_hn (H,)``, the bias inside a reset-after gate's product.
+  """
+  input_size = _checks.positive_int("input_size", input_size)
+  k_ih, k_hh, k_b, k_bn = jax.random.split(key, 4)
+  params = {"w_ih": gate_blocks(kernel_init, k_ih, input_size, hidden_size, num_gates,
+                                param_dtype),
+            "w_hh": gate_blocks(recurrent_init, k_hh, recurrent_size or hidden_size,
+                                hidden_size, num_gates, param_dtype)}
+  if use_bias:
+    params["b"] = bias_init(k_b, (num_gates * hidden_size,), param_dtype)
+    if hidden_bias:
+      params["b_hn"] = bias_init(k_bn, (hidden_size,), param_dtype)
+  return params
+
+
 def default_inits(hidden_size: int, kernel_init, recurrent_init, bias_init):
   default = initializers.torch_default(hidden_size)
   return kernel_init or default, recurrent_init or default, bias_init or default

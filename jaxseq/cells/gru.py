@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxseq import _checks
 from jaxseq.cells.base import (Cell, Initializer, cast, check_input, common_options,
-                               default_inits, gate_blocks, zeros_carry)
+                               default_inits, dense_params, zeros_carry)
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -42,15 +42,9 @@ def gru(hidden_size: int, *, reset_after: bool = True, gate_fn: Activation = jax
   H = hidden_size
 
   def init(key: jax.Array, input_size: int) -> dict:
-    input_size = _checks.positive_int("input_size", input_size)
-    k_ih, k_hh, k_b, k_bn = jax.random.split(key, 4)
-    params = {"w_ih": gate_blocks(kernel_init, k_ih, input_size, H, 3, param_dtype),
-              "w_hh": gate_blocks(recurrent_init, k_hh, H, H, 3, param_dtype)}
-    if use_bias:
-      params["b"] = bias_init(k_b, (3 * H,), param_dtype)
-      if reset_after:
-        params["b_hn"] = bias_init(k_bn, (H,), param_dtype)
-    return params
+    return dense_params(key, input_size, H, 3, kernel_init=kernel_init,
+                        recurrent_init=recurrent_init, bias_init=bias_init,
+                        use_bias=use_bias, param_dtype=param_dtype, hidden_bias=reset_after)
 
   def step(params: dict, h: jax.Array, x_t: jax.Array):
     check_input("gru", params["w_ih"], x_t)

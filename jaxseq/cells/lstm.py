@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jaxseq import _checks
 from jaxseq import initializers
 from jaxseq.cells.base import (Cell, Initializer, LSTMState, cast, check_input,
-                               common_options, default_inits, gate_blocks)
+                               common_options, default_inits, dense_params)
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -79,12 +79,13 @@ def lstm(hidden_size: int, *, peephole: bool = False, coupled: bool = False,
   state_dtype = None if dtype is None else jnp.promote_types(dtype, jnp.float32)
 
   def init(key: jax.Array, input_size: int) -> dict:
-    input_size = _checks.positive_int("input_size", input_size)
-    k_ih, k_hh, k_b, k_p, k_r = jax.random.split(key, 5)
-    params = {"w_ih": gate_blocks(kernel_init, k_ih, input_size, H, num_gates, param_dtype),
-              "w_hh": gate_blocks(recurrent_init, k_hh, out_size, H, num_gates, param_dtype)}
+    k_dense, k_b, k_p, k_r = jax.random.split(key, 4)
+    params = dense_params(k_dense, input_size, H, num_gates, kernel_init=kernel_init,
+                          recurrent_init=recurrent_init, bias_init=bias_init,
+                          use_bias=use_bias, param_dtype=param_dtype,
+                          recurrent_size=out_size)
     if use_bias:
-      b = bias_init(k_b, (num_gates * H,), param_dtype)
+      b = params["b"]
       f = slice(gates.index("f") * H, (gates.index("f") + 1) * H)
       if forget_bias is not None:
         b = b.at[f].set(forget_bias)

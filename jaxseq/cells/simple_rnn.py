@@ -6,9 +6,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxseq import _checks
 from jaxseq.cells.base import (Cell, Initializer, cast, check_input, common_options,
-                               default_inits, zeros_carry)
+                               default_inits, dense_params,
+                               zeros_carry)
 
 
 def simple_rnn(hidden_size: int, activation: Callable[[jax.Array], jax.Array] = jnp.tanh, *,
@@ -40,13 +40,9 @@ def simple_rnn(hidden_size: int, activation: Callable[[jax.Array], jax.Array] = 
                                                          recurrent_init, bias_init)
 
   def init(key: jax.Array, input_size: int) -> dict:
-    input_size = _checks.positive_int("input_size", input_size)
-    k_ih, k_hh, k_b = jax.random.split(key, 3)
-    params = {"w_ih": kernel_init(k_ih, (input_size, hidden_size), param_dtype),
-              "w_hh": recurrent_init(k_hh, (hidden_size, hidden_size), param_dtype)}
-    if use_bias:
-      params["b"] = bias_init(k_b, (hidden_size,), param_dtype)
-    return params
+    return dense_params(key, input_size, hidden_size, 1, kernel_init=kernel_init,
+                        recurrent_init=recurrent_init, bias_init=bias_init,
+                        use_bias=use_bias, param_dtype=param_dtype)
 
   def step(params: dict, h: jax.Array, x_t: jax.Array):
     check_input("simple_rnn", params["w_ih"], x_t)
