@@ -196,9 +196,24 @@ def _check_keys(argument: str, tree: Any, keys: tuple[str, ...]) -> None:
     _checks.fail(argument, f"a dict with keys {list(keys)}", got)
 
 
+def _spatial_shape(spec: Mapping[str, Any] | None) -> tuple[int, ...]:
+  """The axes between time and features of a layer's inputs: none for dense cells, the
+  frame for convolutional cells (their ``spatial_shape``, or size 1 when it is unset)."""
+  spec = spec or {}
+  if spec.get("kind") == "recurrent":
+    cell_spec = spec["cell"].spec or {}
+    return tuple(cell_spec.get("spatial_shape")
+                 or (1,) * (cell_spec.get("feature_ndim", 1) - 1))
+  if spec.get("kind") == "bidirectional":
+    return _spatial_shape(spec["forward"])
+  if spec.get("kind") == "stack":
+    return _spatial_shape(spec["layers"][0])
+  return ()
+
+
 def output_size(layer: Layer, params: Any, input_size: int) -> int:
   """Feature size of ``layer``'s outputs, by shape inference (no compute)."""
-  xs = jax.ShapeDtypeStruct((1, 1, input_size), jnp.float32)
+  xs = jax.ShapeDtypeStruct((1, 1) + _spatial_shape(layer.spec) + (input_size,), jnp.float32)
   ys, _ = jax.eval_shape(lambda p, x: layer.apply(p, x), params, xs)
   if not hasattr(ys, "shape"):
     _checks.fail("layers", "layers whose outputs are one array (merge=None gives a pair)",

@@ -1,7 +1,4 @@
 """Flax weight interop, with Flax linen's own cells run by ``nn.RNN`` as the oracle."""
-import sys
-import types
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,13 +129,14 @@ def test_errors():
     from_flax(nn.GRUCell(H), [1, 2])
 
 
-def test_conv_lstm_dispatch(monkeypatch):
-  conv = nn.ConvLSTMCell(H, kernel_size=(3,))
-  params = {"ih": {}, "hh": {}}
-  monkeypatch.setitem(sys.modules, "jaxseq.interop._flax_conv", None)
-  with pytest.raises(NotImplementedError, match="_flax_conv"):
-    from_flax(conv, {"params": params})
-  fake = types.ModuleType("jaxseq.interop._flax_conv")
-  fake.from_flax_conv_lstm = lambda module, p: ("converted", module, p)
-  monkeypatch.setitem(sys.modules, "jaxseq.interop._flax_conv", fake)
-  assert from_flax(conv, {"params": params}) == ("converted", conv, params)
+def test_conv_lstm_through_unroll_matches_flax_rnn():
+  """from_flax on a ConvLSTMCell, given the frame size, runs through unroll as nn.RNN does."""
+  conv = nn.ConvLSTMCell(3, kernel_size=(3, 3))
+  xs = jax.random.normal(jax.random.PRNGKey(7), (2, 4, 5, 5, 2))
+  rnn = nn.RNN(conv)
+  variables = rnn.init(jax.random.PRNGKey(8), xs)
+  variables = jax.tree.map(lambda a: a + 0.1, variables)  # non-zero biases
+  expected = rnn.apply(variables, xs)
+  cell, params = from_flax(conv, variables["params"]["cell"], spatial_shape=(5, 5))
+  ys, _ = unroll(cell, params, xs)
+  np.testing.assert_allclose(ys, expected, atol=1e-5)

@@ -31,7 +31,8 @@ from jaxseq.cells.base import Cell, LSTMState
 _LSTM_LIKE = ("lstm", "conv_lstm")
 
 
-def from_flax(module: Any, variables: Mapping[str, Any]) -> tuple[Cell, dict]:
+def from_flax(module: Any, variables: Mapping[str, Any], *,
+              spatial_shape: tuple[int, ...] | None = None) -> tuple[Cell, dict]:
   r"""Converts a Flax linen recurrent cell and its variables into a jaxseq cell and params.
 
   ===============================  ==============================================================
@@ -47,7 +48,7 @@ def from_flax(module: Any, variables: Mapping[str, Any]) -> tuple[Cell, dict]:
                                    ``ir, iz, in`` biases, ``b_hn`` the ``hn`` bias
   ``MGUCell``                      ``mgu(H, reset_after=True, gate_fn, activation)``; ``b`` is
                                    ``if, in`` biases, ``b_hn`` the ``hn`` bias
-  ``ConvLSTMCell``                 ``jaxseq.interop._flax_conv.from_flax_conv_lstm``
+  ``ConvLSTMCell``                 ``conv_lstm(F, kernel_size, peephole=False, spatial_shape=...)``
   ===============================  ==============================================================
 
   The module's ``dtype`` and ``param_dtype`` carry over. jaxseq cells start from a zero carry;
@@ -61,6 +62,8 @@ def from_flax(module: Any, variables: Mapping[str, Any]) -> tuple[Cell, dict]:
     module: a ``flax.linen`` cell instance (its attributes configure the jaxseq cell).
     variables: ``{"params": {...}}`` as returned by ``module.init``, or the params dict
       itself; a pytree of arrays (a ``FrozenDict`` too).
+    spatial_shape: ``ConvLSTMCell`` only: the frame size, which Flax's module does not
+      know and ``unroll`` needs to build the zero carry.
 
   Returns:
     ``(cell, params)``: ``cell.step(params, carry, x)`` computes what ``module.apply`` does,
@@ -70,8 +73,7 @@ def from_flax(module: Any, variables: Mapping[str, Any]) -> tuple[Cell, dict]:
     TypeError: ``module`` is not a supported Flax cell.
     ValueError: unsupported options (``MGUCell(reset_gate=False)``), or ``variables`` not
       shaped like this module's params.
-    NotImplementedError: ``ConvLSTMCell`` when ``jaxseq.interop._flax_conv`` is absent.
-  """
+    """
   from flax import linen as nn  # pylint: disable=import-outside-toplevel
 
   if isinstance(variables, Mapping) and "params" in variables:
@@ -83,16 +85,8 @@ def from_flax(module: Any, variables: Mapping[str, Any]) -> tuple[Cell, dict]:
                  type(variables).__name__, TypeError)
 
   if isinstance(module, nn.ConvLSTMCell):
-    try:
-      # pylint: disable-next=import-outside-toplevel
-      from jaxseq.interop._flax_conv import from_flax_conv_lstm
-    except ModuleNotFoundError as error:
-      if error.name != "jaxseq.interop._flax_conv":
-        raise
-      raise NotImplementedError(
-          "module: ConvLSTMCell needs jaxseq.interop._flax_conv.from_flax_conv_lstm, "
-          "which is not installed") from error
-    return from_flax_conv_lstm(module, params)
+    from jaxseq.interop._flax_conv import from_flax_conv_lstm  # pylint: disable=import-outside-toplevel
+    return from_flax_conv_lstm(module, params, spatial_shape=spatial_shape)
 
   if isinstance(module, nn.SimpleCell):
     H = _hidden_size(module, params, ("h",))
