@@ -28,6 +28,7 @@ from jax import lax
 from jaxseq import _checks
 from jaxseq import initializers
 from jaxseq.cells.base import Cell, Initializer, LSTMState, cast, common_options
+from jaxseq.cells.gru import gru_update
 
 Activation = Callable[[jax.Array], jax.Array]
 PADDINGS = ("SAME", "CIRCULAR")
@@ -366,20 +367,8 @@ def conv_gru(features: int, kernel_size: Sequence[int], *,
     gx = conv(x_t, w_ih, padding)
     if b is not None:
       gx = gx + b
-    x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
-    if reset_after:
-      h_r, h_z, h_n = jnp.split(conv(h, w_hh, padding), 3, axis=-1)
-      if b_hn is not None:
-        h_n = h_n + b_hn
-      r = gate_fn(x_r + h_r)
-      z = gate_fn(x_z + h_z)
-      n = activation(x_n + r * h_n)
-    else:
-      h_r, h_z = jnp.split(conv(h, w_hh[..., :2 * F], padding), 2, axis=-1)
-      r = gate_fn(x_r + h_r)
-      z = gate_fn(x_z + h_z)
-      n = activation(x_n + conv(r * h, w_hh[..., 2 * F:], padding))
-    h = (1.0 - z) * n + z * h
+    h = gru_update(gx, h, w_hh, b_hn, lambda v, w: conv(v, w, padding),
+                   reset_after=reset_after, gate_fn=gate_fn, activation=activation)
     return h, h
 
   spec = dict(name="conv_gru", hidden_size=F, output_size=F, features=F,

@@ -13,6 +13,29 @@ from jaxseq.cells.base import (Cell, Initializer, cast, check_input, common_opti
 Activation = Callable[[jax.Array], jax.Array]
 
 
+def gru_update(gx: jax.Array, h: jax.Array, w_hh: jax.Array, b_hn: jax.Array | None,
+               recurrent: Callable[[jax.Array, jax.Array], jax.Array], *, reset_after: bool,
+               gate_fn: Activation, activation: Activation) -> jax.Array:
+  """The GRU equations (see ``gru``) from the input half ``gx = x_t W + b`` (gates ``r, z,
+  n`` on the last axis) and ``recurrent(h, w)``, the recurrent linear map: a matmul for
+  ``gru``, a convolution for ``conv_gru``. Returns ``h_t``."""
+  size = h.shape[-1]
+  x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
+  if reset_after:
+    h_r, h_z, h_n = jnp.split(recurrent(h, w_hh), 3, axis=-1)
+    if b_hn is not None:
+      h_n = h_n + b_hn
+    r = gate_fn(x_r + h_r)
+    z = gate_fn(x_z + h_z)
+    n = activation(x_n + r * h_n)
+  else:
+    h_r, h_z = jnp.split(recurrent(h, w_hh[..., :2 * size]), 2, axis=-1)
+    r = gate_fn(x_r + h_r)
+    z = gate_fn(x_z + h_z)
+    n = activation(x_n + recurrent(r * h, w_hh[..., 2 * size:]))
+  return (1.0 - z) * n + z * h
+
+
 def gru(hidden_size: int, *, reset_after: bool = True, gate_fn: Activation = jax.nn.sigmoid,
         activation: Activation = jnp.tanh, use_bias: bool = True,
         kernel_init: Initializer | None = None, recurrent_init: Initializer | None = None,
@@ -53,20 +76,8 @@ def gru(hidden_size: int, *, reset_after: bool = True, gate_fn: Activation = jax
     gx = x_t @ w_ih
     if b is not None:
       gx = gx + b
-    x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
-    if reset_after:
-      h_r, h_z, h_n = jnp.split(h @ w_hh, 3, axis=-1)
-      if b_hn is not None:
-        h_n = h_n + b_hn
-      r = gate_fn(x_r + h_r)
-      z = gate_fn(x_z + h_z)
-      n = activation(x_n + r * h_n)
-    else:
-      h_r, h_z = jnp.split(h @ w_hh[:, :2 * H], 2, axis=-1)
-      r = gate_fn(x_r + h_r)
-      z = gate_fn(x_z + h_z)
-      n = activation(x_n + (r * h) @ w_hh[:, 2 * H:])
-    h = (1.0 - z) * n + z * h
+    h = gru_update(gx, h, w_hh, b_hn, jnp.matmul, reset_after=reset_after, gate_fn=gate_fn,
+                   activation=activation)
     return h, h
 
   spec = dict(name="gru", hidden_size=H, output_size=H, reset_after=reset_after,
