@@ -17,6 +17,16 @@ def fail(argument: str, expected: str, received: Any, error: type = ValueError):
   raise error(f"{argument}: expected {expected}, got {received}")
 
 
+def require(module: str, package: str, purpose: str):
+  """Imports an optional dependency, or says which extra installs it."""
+  import importlib
+  try:
+    return importlib.import_module(module)
+  except ImportError as error:
+    raise ImportError(f"{purpose} needs {package}: pip install {package} "
+                      "(or pip install 'jaxseq[examples]')") from error
+
+
 def positive_int(argument: str, value: Any) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
     fail(argument, "a positive int", repr(value), TypeError)

@@ -294,9 +294,12 @@ def temporal_order(key: jax.Array, batch_size: int, length: int,
 
 @functools.cache
 def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  from sklearn.datasets import load_digits  # ships in the wheel; no download
-  from sklearn.model_selection import train_test_split
-  data = load_digits()
+  # The digits ship inside scikit-learn's wheel: no download.
+  datasets = _checks.require("sklearn.datasets", "scikit-learn", "sequential_digits")
+  model_selection = _checks.require("sklearn.model_selection", "scikit-learn",
+                                    "sequential_digits")
+  train_test_split = model_selection.train_test_split
+  data = datasets.load_digits()
   x = (data.data / 16.0).astype(np.float32)
   y = data.target.astype(np.int32)
   x_train, x_test, y_train, y_test = train_test_split(

@@ -200,7 +200,8 @@ class _Checkpoints:
   (step, history, losses since the last entry, the run's configuration)."""
 
   def __init__(self, directory: str | os.PathLike, config: dict):
-    import orbax.checkpoint as ocp  # heavy; only runs that checkpoint pay for it
+    # heavy; only runs that checkpoint pay for it
+    ocp = _checks.require("orbax.checkpoint", "orbax-checkpoint", "checkpointing")
     self._ocp = ocp
     self.config = config
     options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
