@@ -22,13 +22,11 @@ import pathlib
 import platform
 import sys
 import time
-from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from jaxseq import cli
-from jaxseq import gradflow
 from jaxseq import tasks
 from jaxseq import train as train_lib
 
@@ -275,7 +273,7 @@ def gradient_lags(scale: dict, seed: int) -> tuple[list[Row], str]:
       Row(claim="Orthogonal / identity recurrent initialisation keeps the gradient from "
                 "vanishing over long lags",
           source="Saxe, McClelland & Ganguli 2014; Le, Jaitly & Hinton 2015",
-          setting=f"as above",
+          setting="as above",
           measured=f"lag {T - 1}: orthogonal tanh {at('simple_rnn, tanh, orthogonal'):.1e}, "
                    f"IRNN {at('simple_rnn, relu, identity (IRNN)'):.1e} vs default "
                    f"{at('simple_rnn, tanh, default'):.1e}",
@@ -308,7 +306,8 @@ QUICK = dict(adding_lengths=(20,), adding_steps={20: 60}, copy_length=10, copy_s
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(prog="benchmarks/reproduce.py",
+                                   description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true",
                       help="toy step counts and lengths: checks the pipeline in minutes")
   parser.add_argument("--budget-minutes", type=float, default=None,
@@ -317,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--out", default=None, help="markdown file to write")
   args = parser.parse_args(argv)
   scale = QUICK if args.quick else FULL
-  budget = Budget(args.budget_minutes or (5 if args.quick else 25))
+  budget = Budget(args.budget_minutes if args.budget_minutes is not None
+                  else 5 if args.quick else 25)
   out = pathlib.Path(args.out) if args.out else RESULTS / (
       "reproduce-quick.md" if args.quick else "reproduce.md")
 

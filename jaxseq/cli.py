@@ -275,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
   p = commands.add_parser(
       "reproduce", help="run benchmarks/reproduce.py (published claims, CPU scale)",
       description="Runs benchmarks/reproduce.py from a source checkout; options are passed on.")
-  p.add_argument("rest", nargs=argparse.REMAINDER, help="options for reproduce.py")
-  p.set_defaults(run=_reproduce)
+  p.add_argument("options", nargs="*", help="options for reproduce.py (see jaxseq reproduce "
+                 "--help)")
   return parser
 
 
@@ -449,7 +449,8 @@ def _train(args) -> int:
   if args.resume and args.checkpoint_dir is None:
     raise UsageError("--resume: expected --checkpoint-dir too, got none")
   task = _task(args.task)
-  cell = _cell_from_args(args, args.cell, sequence_length(task, args.length))
+  num_steps = sequence_length(task, args.length)
+  cell = _cell_from_args(args, args.cell, num_steps)
   from jaxseq import train as train_lib
   options = dict(length=args.length, steps=args.steps, batch_size=args.batch_size,
                  optimizer=args.optimizer, learning_rate=args.lr, clip_norm=args.clip_norm,
@@ -458,13 +459,22 @@ def _train(args) -> int:
   if args.eval_every is not None:
     options["eval_every"] = args.eval_every
   print(f"training {args.cell}(H={args.hidden}, init {args.init}) on {task.name}, "
-        f"T = {args.length}, {args.steps} steps, batch {args.batch_size}, "
+        f"{_length_text(task, args.length, num_steps)}, {args.steps} training steps, "
+        f"batch {args.batch_size}, "
         f"{args.optimizer} lr {args.lr:g}", flush=True)
   start = time.perf_counter()
   result = train_lib.train(task, cell, **options)
   seconds = time.perf_counter() - start
   print(f"{task.name}: {_result_line(task, result)}  [{seconds:.1f} s]")
   return 0
+
+
+def _length_text(task, length: int, num_steps: int) -> str:
+  if task.fixed_length is not None:
+    return f"sequences of {num_steps} steps (fixed by the task)"
+  if num_steps != length:
+    return f"T = {length} (sequences of {num_steps} steps)"
+  return f"T = {length}"
 
 
 def _result_line(task, result) -> str:
@@ -517,19 +527,18 @@ def _lyapunov(args) -> int:
 # ----------------------------------------------------------------------------- reproduce
 
 
-def _reproduce(args) -> int:
+def _reproduce(argv: Sequence[str]) -> int:
+  """Runs ``benchmarks/reproduce.py``'s ``main(argv)`` (it parses its own options)."""
   script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce.py"
   if not script.exists():
-    raise UsageError(f"reproduce: expected benchmarks/reproduce.py in a source checkout, "
-                     f"got none at {script}")
+    return _usage_error("reproduce", "expected benchmarks/reproduce.py in a source checkout, "
+                        f"got none at {script}")
   import runpy
-  saved = sys.argv
-  sys.argv = [str(script)] + list(args.rest)
+  module = runpy.run_path(str(script))
   try:
-    module = runpy.run_path(str(script))
-    return int(module["main"](list(args.rest)) or 0)
-  finally:
-    sys.argv = saved
+    return int(module["main"](list(argv)) or 0)
+  except SystemExit as e:  # its argparse: --help or a bad option
+    return e.code if isinstance(e.code, int) else 2
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -537,6 +546,9 @@ def _reproduce(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the command line; returns the exit status (2 for a bad command line)."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ["reproduce"]:  # reproduce.py parses its own options, --help included
+    return _reproduce(argv[1:])
   parser = build_parser()
   try:
     args = parser.parse_args(argv)
