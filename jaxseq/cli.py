@@ -123,34 +123,22 @@ def _check_cell_options(args, names: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------- argument types
 
 
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
-  if value <= 0:
-    raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
-  return value
+def _number(convert: Callable[[str], Any], accept: Callable[[Any], bool], expected: str):
+  """An argparse type: ``convert`` the text, then insist on ``accept`` (else "expected ...")."""
+  def parse(text: str):
+    try:
+      value = convert(text)
+    except ValueError:
+      value = None
+    if value is None or not accept(value):
+      raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+  return parse
 
 
-def _nonnegative_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
-  return value
-
-
-def _positive_float(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-  if not value > 0:
-    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-  return value
+_positive_int = _number(int, lambda v: v > 0, "a positive int")
+_nonnegative_int = _number(int, lambda v: v >= 0, "an int >= 0")
+_positive_float = _number(float, lambda v: v > 0, "a positive number")
 
 
 def _chrono(text: str):
