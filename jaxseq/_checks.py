@@ -6,6 +6,7 @@ fails with a message of the form ``"<argument>: expected <what>, got <what>"``.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Sequence
 
 import jax
@@ -76,8 +77,11 @@ def _describe(tree: Any) -> str:
                          for p, a in leaves) + "}"
 
 
+describe = _describe
+
+
 @functools.lru_cache(maxsize=256)
-def _expected_params(init, input_size: int):
+def _expected_params(init, input_size):
   return jax.eval_shape(lambda: init(jax.random.PRNGKey(0), input_size))
 
 
@@ -86,27 +90,36 @@ def _same_shapes(a: Any, b: Any) -> bool:
           and _shape_tree(a) == _shape_tree(b))
 
 
-def cell_params(cell, params: Any, input_size: int) -> None:
-  """Checks that ``params`` are this cell's parameters for inputs of ``input_size``."""
-  expected = _expected_params(cell.init, input_size)
+def cell_params(cell, params: Any, input_shape: Any) -> None:
+  """Checks that ``params`` are this cell's parameters for one step's input: an int
+  (dense features) or the shape ``(*spatial, C)`` without batch axes."""
+  if isinstance(input_shape, (tuple, list)):
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) == 1:
+      input_shape = input_shape[0]
+  expected = _expected_params(cell.init, input_shape)
   if _same_shapes(expected, params):
     return
-  name = (cell.spec or {}).get("name", "this cell")
+  name = getattr(cell.spec, "name", "this cell")
   # Is it the feature size of xs that is wrong, not the params? Try the sizes in params.
   sizes = {d for a in jax.tree.leaves(params) for d in np.shape(a)}
+  size_of = input_shape if isinstance(input_shape, int) else input_shape[-1]
   for size in sorted(sizes):
-    if _same_shapes(_expected_params(cell.init, size), params):
+    candidate = size if isinstance(input_shape, int) else input_shape[:-1] + (size,)
+    if _same_shapes(_expected_params(cell.init, candidate), params):
       fail("xs", f"feature size {size} (the input size of these {name} params)",
-           f"feature size {input_size}")
-  fail("params", f"params of {name} for input size {input_size}, shaped "
-       f"{_describe(expected)}", _describe(params))
+           f"feature size {size_of}")
+  fail("params", f"params of {name} for input {'size' if isinstance(input_shape, int) else 'shape'} "
+       f"{input_shape}, shaped {_describe(expected)}", _describe(params))
 
 
-def carry(cell, params: Any, carry_value: Any, batch_shape: tuple[int, ...]) -> None:
-  expected = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
+def carry(cell, params: Any, carry_value: Any, input_shape: tuple[int, ...]) -> None:
+  """Checks a carry against the cell's zero carry for one step's ``input_shape`` (batch
+  axes included)."""
+  expected = jax.eval_shape(lambda p: cell.initialize_carry(p, tuple(input_shape)), params)
   if not _same_shapes(expected, carry_value):
-    fail("carry", f"a carry shaped {_describe(expected)} for batch shape {batch_shape}",
-         _describe(carry_value))
+    fail("carry", f"a carry shaped {_describe(expected)} for inputs of shape "
+         f"{tuple(input_shape)}", _describe(carry_value))
 
 
 def lengths(value: Any, batch_shape: tuple[int, ...], num_steps: int) -> jax.Array | None:
@@ -126,3 +139,55 @@ def lengths(value: Any, batch_shape: tuple[int, ...], num_steps: int) -> jax.Arr
       fail("lengths", f"values in [0, {num_steps}] (the number of time steps)",
            f"values in [{concrete.min()}, {concrete.max()}]")
   return jnp.asarray(value)
+
+
+def boolean(argument: str, value: Any) -> bool:
+  """A bool (NumPy's too); a truthy string such as ``"False"`` is rejected, not obeyed."""
+  if not isinstance(value, (bool, np.bool_)):
+    fail(argument, "a bool (True or False)", repr(value), TypeError)
+  return bool(value)
+
+
+def number(argument: str, value: Any, expected: str = "a finite float",
+           valid: Any = None) -> float:
+  """A finite real number (an int or float, not a bool or a string), and ``valid(value)``
+  when given; ``expected`` describes both for the message."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(
+      value, (int, float, np.integer, np.floating)):
+    fail(argument, expected, repr(value), TypeError)
+  value = float(value)
+  if not math.isfinite(value) or (valid is not None and not valid(value)):
+    fail(argument, expected, repr(value))
+  return value
+
+
+def positive_float(argument: str, value: Any) -> float:
+  return number(argument, value, "a positive finite float", lambda v: v > 0)
+
+
+def function(argument: str, value: Any, what: str = "a callable") -> Any:
+  """A callable (an activation, a gate function)."""
+  if not callable(value):
+    fail(argument, what, repr(value), TypeError)
+  return value
+
+
+def initializer(argument: str, value: Any) -> Any:
+  """``None`` (the default initializer) or a callable ``init(key, shape, dtype)``."""
+  if value is not None and not callable(value):
+    fail(argument, "an initializer, a callable init(key, shape, dtype) (or None for the "
+         "default)", repr(value), TypeError)
+  return value
+
+
+def positive_ints(argument: str, value: Any, length: int | None = None,
+                  what: str = "") -> tuple[int, ...]:
+  """A list or tuple of positive ints (exactly ``length`` of them, when given)."""
+  count = "" if length is None else f"{length} "
+  expected = f"a tuple of {count}positive ints" + (f" ({what})" if what else "")
+  if not isinstance(value, (tuple, list)) or (length is not None and len(value) != length):
+    fail(argument, expected, repr(value),
+         ValueError if isinstance(value, (tuple, list)) else TypeError)
+  if length is None and not value:
+    fail(argument, expected + ", at least one", repr(value))
+  return tuple(positive_int(f"{argument}[{i}]", v) for i, v in enumerate(value))

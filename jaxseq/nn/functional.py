@@ -49,7 +49,8 @@ def _per_dim(argument: str, value: Any, ndim: int) -> tuple[int, ...]:
   if isinstance(value, (tuple, list)) and len(value) == ndim:
     return tuple(_checks.positive_int(f"{argument}[{i}]", v) for i, v in enumerate(value))
   _checks.fail(argument, f"a positive int or {ndim} positive ints (one per spatial "
-               f"dimension)", repr(value))
+               f"dimension)", repr(value),
+               ValueError if isinstance(value, (tuple, list)) else TypeError)
 
 
 def output_size(n: int, f: int, p: int | tuple[int, int], s: int, d: int = 1, *,
@@ -72,6 +73,7 @@ def output_size(n: int, f: int, p: int | tuple[int, int], s: int, d: int = 1, *,
 
   Example: ``output_size(7, 3, 0, 2) == 3``.
   """
+  ceil_mode = _checks.boolean("ceil_mode", ceil_mode)
   n = _checks.positive_int("n", n)
   f = _checks.positive_int("f", f)
   s = _checks.positive_int("s", s)
@@ -148,6 +150,10 @@ def window_output_shape(spatial: Sequence[int], window: Sequence[int],
   With ``ceil_mode`` the returned padding includes the extra high padding that makes the
   last partial window fit.
   """
+  ceil_mode = _checks.boolean("ceil_mode", ceil_mode)
+  if any(not _is_int(n) or n <= 0 for n in spatial):
+    _checks.fail(argument, "a positive size along every spatial axis",
+                 f"spatial shape {tuple(spatial)}")
   pads = resolve_padding(padding, spatial, window, strides, dilation)
   out, explicit = [], []
   for i, (n, f, (low, high), s, d) in enumerate(zip(spatial, window, pads, strides,
@@ -193,9 +199,14 @@ def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *,
     groups: feature groups; ``groups == C`` is a depthwise convolution.
     flip: compute true convolution instead of cross-correlation.
 
+  Inputs of different floating dtypes (bfloat16 ``x``, float32 ``kernel``) are promoted as
+  ``x @ kernel`` would be (``jnp.result_type``), as the conv cells do; the output has the
+  promoted dtype.
+
   Returns:
     ``(N, *out_spatial, features)`` with ``out = output_size(n, f, p, s, d)`` per axis.
   """
+  flip = _checks.boolean("flip", flip)
   x = _checks.float_array("x", x)
   kernel = _checks.float_array("kernel", kernel)
   k = kernel.ndim - 2
@@ -224,6 +235,9 @@ def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *,
   _, pads = window_output_shape(x.shape[1:-1], kernel.shape[:k], strides, padding, dilation)
   if flip:
     kernel = jnp.flip(kernel, axis=tuple(range(k)))
+  # lax.conv_general_dilated insists on one dtype; promote as ``@`` does.
+  dtype = jnp.result_type(x, kernel)
+  x, kernel = x.astype(dtype), kernel.astype(dtype)
   y = lax.conv_general_dilated(x, kernel, window_strides=strides, padding=pads,
                                rhs_dilation=dilation, dimension_numbers=_dimension_numbers(k),
                                feature_group_count=groups)
@@ -263,6 +277,7 @@ def max_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[
   Returns:
     ``(N, *out_spatial, C)``.
   """
+  ceil_mode = _checks.boolean("ceil_mode", ceil_mode)
   x, window, strides, pads, dilation = _pool_args(x, window, strides, padding, dilation,
                                                   ceil_mode)
   return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, pads,
@@ -283,6 +298,7 @@ def avg_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[
   Returns:
     ``(N, *out_spatial, C)``.
   """
+  count_include_pad = _checks.boolean("count_include_pad", count_include_pad)
   x, window, strides, pads, dilation = _pool_args(x, window, strides, padding, dilation)
   total = lax.reduce_window(x, 0.0, lax.add, window, strides, pads, window_dilation=dilation)
   if count_include_pad:
