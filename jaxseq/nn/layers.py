@@ -162,8 +162,7 @@ def variance_scaling(scale: float = 1.0, mode: str = "fan_in") -> Initializer:
   """
   fans = ("fan_in", "fan_out", "fan_avg")
   _checks.choice("mode", mode, fans)
-  if not scale > 0:
-    _checks.fail("scale", "a positive float", repr(scale))
+  scale = _checks.positive_float("scale", scale)
 
   def init(key, shape, dtype=jnp.float32):
     receptive = math.prod(shape[:-2])
@@ -202,8 +201,10 @@ def Conv(features: int, kernel_size: int | Sequence[int], *,
   """
   features = _checks.positive_int("features", features)
   groups = _checks.positive_int("groups", groups)
-  kernel_init = kernel_init or variance_scaling(1.0)
-  bias_init = bias_init or initializers.zeros
+  use_bias = _checks.boolean("use_bias", use_bias)
+  flip = _checks.boolean("flip", flip)
+  kernel_init = _checks.initializer("kernel_init", kernel_init) or variance_scaling(1.0)
+  bias_init = _checks.initializer("bias_init", bias_init) or initializers.zeros
   if features % groups:
     _checks.fail("groups", f"a positive int dividing features ({features})", repr(groups))
 
@@ -262,8 +263,9 @@ def Dense(features: int, *, use_bias: bool = True, kernel_init: Initializer | No
   ``variance_scaling(1.0)`` (LeCun normal) and zeros.
   """
   features = _checks.positive_int("features", features)
-  kernel_init = kernel_init or variance_scaling(1.0)
-  bias_init = bias_init or initializers.zeros
+  use_bias = _checks.boolean("use_bias", use_bias)
+  kernel_init = _checks.initializer("kernel_init", kernel_init) or variance_scaling(1.0)
+  bias_init = _checks.initializer("bias_init", bias_init) or initializers.zeros
 
   def output_shape(input_shape):
     input_shape = input_shape_of("input_shape", input_shape)
@@ -299,11 +301,16 @@ def Embedding(num_embeddings: int, features: int, *,
               name: str | None = None) -> Layer:
   """Lookup table: integer ids ``(N, *shape)`` to vectors ``(N, *shape, features)``.
 
+  ``shape`` may be ``()``: one id per example, ``init(key, ())`` and ids ``(N,)``. Ids must
+  lie in ``[0, num_embeddings)``: concrete ids outside raise ``ValueError``; under ``jit``
+  their vectors are NaN (never another row: a negative id does not wrap around).
+
   Params: ``embedding (num_embeddings, features)``, default N(0, 1) entries.
   """
   num_embeddings = _checks.positive_int("num_embeddings", num_embeddings)
   features = _checks.positive_int("features", features)
-  embedding_init = embedding_init or initializers.normal(1.0)
+  embedding_init = (_checks.initializer("embedding_init", embedding_init)
+                    or initializers.normal(1.0))
 
   def output_shape(input_shape):
     return input_shape_of("input_shape", input_shape) + (features,)
@@ -314,10 +321,21 @@ def Embedding(num_embeddings: int, features: int, *,
 
   def apply(params, state, x, *, train=False, key=None):
     _check_apply(train, key)
-    x = _batched("x", x)
+    if not hasattr(x, "shape"):
+      x = np.asarray(x)
+    if x.ndim < 1:
+      _checks.fail("x", "an array of rank >= 1 (N, *shape) of token ids",
+                   f"shape {tuple(x.shape)}")
     if not jnp.issubdtype(x.dtype, jnp.integer):
       _checks.fail("x", "an integer array of token ids", f"dtype {x.dtype}", TypeError)
-    return jnp.take(params["embedding"], x, axis=0), state
+    rows = params["embedding"].shape[0]
+    if not isinstance(x, jax.core.Tracer) and x.size:
+      low, high = np.min(x), np.max(x)
+      if low < 0 or high >= rows:
+        _checks.fail("x", f"token ids in [0, {rows}) (the rows of the embedding table)",
+                     f"values in [{low}, {high}]")
+    ids = jnp.where(x < 0, rows, x)  # out of range: NaN rows (mode="fill"), no wrap-around
+    return jnp.take(params["embedding"], ids, axis=0, mode="fill"), state
 
   spec = dict(kind="embedding", name=name or f"Embedding {num_embeddings}x{features}",
               num_embeddings=num_embeddings, features=features)
@@ -352,6 +370,7 @@ def MaxPool(window: int | Sequence[int], strides: int | Sequence[int] | None = N
             padding: F.Padding = "VALID", *, dilation: int | Sequence[int] = 1,
             ceil_mode: bool = False, name: str | None = None) -> Layer:
   """Max pooling layer over ``jaxseq.nn.max_pool`` (strides default to ``window``)."""
+  ceil_mode = _checks.boolean("ceil_mode", ceil_mode)
   return _pool_layer("max_pool", "MaxPool", F.max_pool, window, strides, padding, name,
                      dilation=dilation, ceil_mode=ceil_mode)
 
@@ -360,6 +379,7 @@ def AvgPool(window: int | Sequence[int], strides: int | Sequence[int] | None = N
             padding: F.Padding = "VALID", *, dilation: int | Sequence[int] = 1,
             count_include_pad: bool = True, name: str | None = None) -> Layer:
   """Average pooling layer over ``jaxseq.nn.avg_pool`` (strides default to ``window``)."""
+  count_include_pad = _checks.boolean("count_include_pad", count_include_pad)
   return _pool_layer("avg_pool", "AvgPool", F.avg_pool, window, strides, padding, name,
                      dilation=dilation, count_include_pad=count_include_pad)
 
@@ -494,10 +514,11 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, use_scale: bool =
   Params: ``scale (C,)`` (``\gamma``, ones), ``bias (C,)`` (``\beta``, zeros).
   State: ``mean (C,)`` (zeros), ``var (C,)`` (ones).
   """
-  if not 0.0 <= momentum <= 1.0:
-    _checks.fail("momentum", "a float in [0, 1]", repr(momentum))
-  if not epsilon > 0:
-    _checks.fail("epsilon", "a positive float", repr(epsilon))
+  momentum = _checks.number("momentum", momentum, "a float in [0, 1]",
+                            lambda v: 0.0 <= v <= 1.0)
+  epsilon = _checks.positive_float("epsilon", epsilon)
+  use_scale = _checks.boolean("use_scale", use_scale)
+  use_bias = _checks.boolean("use_bias", use_bias)
 
   def init(key, input_shape):
     del key
