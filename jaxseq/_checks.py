@@ -183,11 +183,33 @@ def initializer(argument: str, value: Any) -> Any:
 def positive_ints(argument: str, value: Any, length: int | None = None,
                   what: str = "") -> tuple[int, ...]:
   """A list or tuple of positive ints (exactly ``length`` of them, when given)."""
-  count = "" if length is None else f"{length} "
-  expected = f"a tuple of {count}positive ints" + (f" ({what})" if what else "")
-  if not isinstance(value, (tuple, list)) or (length is not None and len(value) != length):
-    fail(argument, expected, repr(value),
-         ValueError if isinstance(value, (tuple, list)) else TypeError)
-  if length is None and not value:
-    fail(argument, expected + ", at least one", repr(value))
+  count = "a non-empty tuple of" if length is None else f"a tuple of {length}"
+  expected = f"{count} positive ints" + (f" ({what})" if what else "")
+  if not isinstance(value, (tuple, list)):
+    fail(argument, expected, repr(value), TypeError)
+  if len(value) != length if length is not None else not value:
+    fail(argument, expected, repr(value))
   return tuple(positive_int(f"{argument}[{i}]", v) for i, v in enumerate(value))
+
+
+def nonnegative_int(argument: str, value: Any) -> int:
+  """An int >= 0 (bools are not ints here)."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    fail(argument, "a non-negative int", repr(value), TypeError)
+  if value < 0:
+    fail(argument, "a non-negative int", repr(value))
+  return int(value)
+
+
+def prng_key(key: Any) -> None:
+  """A single PRNG key (what turns dropout on), or ``None``: a typed key of shape ``()`` or
+  a raw uint32 key of shape ``(k,)``; cheap, as every layer of a deep model sees it."""
+  if key is None:
+    return
+  expected = "a single PRNG key from jax.random.PRNGKey or jax.random.key"
+  if not (hasattr(key, "dtype") and hasattr(key, "shape")):
+    fail("key", expected, type(key).__name__, TypeError)
+  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+  if not (key.ndim == 0 if typed else (key.ndim == 1 and key.dtype == jnp.uint32)):
+    fail("key", expected, f"an array of dtype {key.dtype} and shape {tuple(key.shape)}",
+         TypeError)

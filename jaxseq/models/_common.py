@@ -1,6 +1,8 @@
 """What every model of the zoo shares: a checked input and its classifier head."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 
 from jaxseq import _checks
@@ -13,6 +15,8 @@ def checked_input(model: Layer, name: str, *, rank: int, channels: int | None = 
   batch), the last one of size ``channels`` (when given), so a wrong input fails with the
   model's name rather than deep inside a layer.
   """
+  if channels is not None:
+    channels = _checks.positive_int("in_channels", channels)
   what = f"{rank} axes per example" + ("" if channels is None else
                                        f", the last of size {channels} (channels)")
 
@@ -34,4 +38,11 @@ def checked_input(model: Layer, name: str, *, rank: int, channels: int | None = 
       _checks.fail("x", f"(N, ...) with {what} for {name}", f"shape {tuple(x.shape)}")
     return model.apply(params, state, x, train=train, key=key)
 
-  return Layer(init, apply, output_shape, {**model.spec, "name": name})
+  return Layer(init, apply, output_shape, dataclasses.replace(model.spec, name=name))
+
+
+def name_arg(value) -> str:
+  """A display name: a string."""
+  if not isinstance(value, str):
+    _checks.fail("name", "a str (the display name)", repr(value), TypeError)
+  return value

@@ -17,6 +17,8 @@ def alexnet(num_classes: int = 1000, *, in_channels: int = 3, dropout: float = 0
   ReLU after every conv and hidden FC layer. Input ``(H, W, in_channels)``, H, W >= 63.
   """
   num_classes = _checks.positive_int("num_classes", num_classes)
+  in_channels = _checks.positive_int("in_channels", in_channels)
+  dropout = _checks.probability("dropout", dropout)
   model = nn.serial(
       nn.Conv(64, (11, 11), strides=4, padding=2), nn.Relu, nn.MaxPool(3, 2),
       nn.Conv(192, (5, 5), padding=2), nn.Relu, nn.MaxPool(3, 2),

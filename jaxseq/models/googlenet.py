@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from jaxseq import _checks
 from jaxseq import nn
-from jaxseq.models._common import checked_input
+from jaxseq.models._common import checked_input, name_arg
 
 # (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj) per Inception module (Table 1).
 INCEPTION = {
@@ -27,6 +27,11 @@ def inception(c1: int, c3_reduce: int, c3: int, c5_reduce: int, c5: int, pool_pr
   """Four parallel branches concatenated on channels: 1x1; 1x1 -> 3x3; 1x1 -> "5x5";
   3x3 max pool (stride 1) -> 1x1. The "5x5" branch uses a 3x3 kernel, as torchvision's
   implementation (and its parameter count) does."""
+  sizes = dict(c1=c1, c3_reduce=c3_reduce, c3=c3, c5_reduce=c5_reduce, c5=c5,
+               pool_proj=pool_proj)
+  for argument, value in sizes.items():
+    _checks.positive_int(argument, value)
+  name = name_arg(name)
   return nn.concat(
       _conv(c1, 1),
       nn.serial(_conv(c3_reduce, 1), _conv(c3, 3)),
@@ -47,6 +52,8 @@ def googlenet(num_classes: int = 1000, *, in_channels: int = 3, dropout: float =
   Max pools between stages use ``ceil_mode`` as torchvision does.
   """
   num_classes = _checks.positive_int("num_classes", num_classes)
+  in_channels = _checks.positive_int("in_channels", in_channels)
+  dropout = _checks.probability("dropout", dropout)
 
   def pool(size):
     return nn.MaxPool(size, 2, ceil_mode=True)

@@ -37,10 +37,12 @@ def lenet5(in_channels: int = 1, channels: Sequence[int] = (6, 16),
     the feature maps stay positive.
   """
   in_channels = _checks.positive_int("in_channels", in_channels)
-  if len(channels) != 2:
-    _checks.fail("channels", "two ints (filters of the two convolutions)", repr(channels))
-  if len(hidden) != 2:
-    _checks.fail("hidden", "two ints (widths of the hidden FC layers)", repr(hidden))
+  channels = _checks.positive_ints("channels", channels, 2,
+                                   "filters of the two convolutions")
+  hidden = _checks.positive_ints("hidden", hidden, 2, "widths of the hidden FC layers")
+  num_classes = _checks.positive_int("num_classes", num_classes)
+  activation = _checks.function("activation", activation,
+                                "a callable (an elementwise activation such as jnp.tanh)")
   pool_layer = {"max": nn.MaxPool, "avg": nn.AvgPool}[_checks.choice("pool", pool,
                                                                      ("max", "avg"))]
   act = nn.Activation(activation, getattr(activation, "__name__", "activation"))

@@ -5,7 +5,7 @@ from typing import Sequence
 
 from jaxseq import _checks
 from jaxseq import nn
-from jaxseq.models._common import checked_input
+from jaxseq.models._common import checked_input, name_arg
 
 
 def _conv(features: int, size: int, strides: int = 1) -> nn.Layer:
@@ -18,12 +18,18 @@ def _conv_bn(features: int, size: int, strides: int = 1) -> list[nn.Layer]:
   return [_conv(features, size, strides), nn.BatchNorm()]
 
 
+def _block_options(features, strides, project) -> tuple[int, int, bool]:
+  return (_checks.positive_int("features", features),
+          _checks.positive_int("strides", strides), _checks.boolean("project", project))
+
+
 def basic_block(features: int, strides: int = 1, project: bool = False) -> nn.Layer:
   """``relu(bn(conv3x3(relu(bn(conv3x3(x))))) + shortcut(x))`` (ResNet-18/34).
 
   ``project`` gives the shortcut a strided 1x1 conv and batch norm (needed when the block
   changes the shape); otherwise it is the identity.
   """
+  features, strides, project = _block_options(features, strides, project)
   body = nn.serial(*_conv_bn(features, 3, strides), nn.Relu, *_conv_bn(features, 3))
   shortcut = nn.serial(*_conv_bn(features, 1, strides)) if project else None
   name = f"BasicBlock {features}" + (f", s={strides}" if strides != 1 else "")
@@ -34,6 +40,8 @@ def bottleneck_block(features: int, strides: int = 1, project: bool = False,
                      expansion: int = 4) -> nn.Layer:
   """``1x1 (features) -> 3x3 (features, strided) -> 1x1 (expansion * features)`` with
   batch norm and ReLU, plus the shortcut, then ReLU (ResNet-50 and deeper)."""
+  features, strides, project = _block_options(features, strides, project)
+  expansion = _checks.positive_int("expansion", expansion)
   body = nn.serial(*_conv_bn(features, 1), nn.Relu,
                    *_conv_bn(features, 3, strides), nn.Relu,
                    *_conv_bn(expansion * features, 1))
@@ -58,7 +66,12 @@ def resnet(stage_sizes: Sequence[int], *, bottleneck: bool = False,
     in_channels: input channels.
     name: display name.
   """
+  stage_sizes = _checks.positive_ints("stage_sizes", stage_sizes,
+                                      what="blocks per stage, (2, 2, 2, 2) for ResNet-18")
+  bottleneck = _checks.boolean("bottleneck", bottleneck)
   num_classes = _checks.positive_int("num_classes", num_classes)
+  in_channels = _checks.positive_int("in_channels", in_channels)
+  name = name_arg(name)
   expansion = 4 if bottleneck else 1
   layers = [*_conv_bn(64, 7, 2), nn.Relu, nn.MaxPool(3, 2, padding=1)]
   channels = 64

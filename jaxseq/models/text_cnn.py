@@ -30,10 +30,11 @@ def text_cnn(vocab_size: int, num_classes: int = 2, *, embed_dim: int = 300,
   ``(num_classes,)``. Params: ``[embedding, [per width: [conv, {}, {}]], {}, dense]``.
   """
   vocab_size = _checks.positive_int("vocab_size", vocab_size)
+  num_classes = _checks.positive_int("num_classes", num_classes)
+  embed_dim = _checks.positive_int("embed_dim", embed_dim)
   filters = _checks.positive_int("filters", filters)
-  widths = tuple(_checks.positive_int(f"widths[{i}]", w) for i, w in enumerate(widths))
-  if not widths:
-    _checks.fail("widths", "at least one filter width", "()")
+  widths = _checks.positive_ints("widths", widths, what="filter widths")
+  dropout = _checks.probability("dropout", dropout)
   branches = [nn.serial(nn.Conv(filters, (w,)), nn.Relu, nn.GlobalMaxPool,
                         name=f"Conv {filters}, f={w}, max-over-time") for w in widths]
   model = nn.serial(

@@ -22,6 +22,8 @@ def vgg16(num_classes: int = 1000, *, in_channels: int = 3, dropout: float = 0.5
   Input ``(H, W, in_channels)``, H, W >= 32 (224 in the paper).
   """
   num_classes = _checks.positive_int("num_classes", num_classes)
+  in_channels = _checks.positive_int("in_channels", in_channels)
+  dropout = _checks.probability("dropout", dropout)
   layers = []
   for item in VGG16:
     if item == "M":
