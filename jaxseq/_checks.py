@@ -155,10 +155,10 @@ def number(argument: str, value: Any, expected: str = "a finite float",
   if isinstance(value, (bool, np.bool_)) or not isinstance(
       value, (int, float, np.integer, np.floating)):
     fail(argument, expected, repr(value), TypeError)
-  value = float(value)
-  if not math.isfinite(value) or (valid is not None and not valid(value)):
+  number_ = float(value)
+  if not math.isfinite(number_) or (valid is not None and not valid(number_)):
     fail(argument, expected, repr(value))
-  return value
+  return number_
 
 
 def positive_float(argument: str, value: Any) -> float:

@@ -21,6 +21,8 @@ from jax.nn.initializers import (constant, glorot_normal, glorot_uniform, he_nor
                                  he_uniform, lecun_normal, lecun_uniform, normal, ones,
                                  orthogonal, zeros)
 
+from jaxseq import _checks
+
 __all__ = [
     "uniform", "torch_default", "identity", "chrono", "constant", "glorot_normal",
     "glorot_uniform", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform", "normal",
@@ -30,6 +32,8 @@ __all__ = [
 
 def uniform(scale: float):
   """U(-scale, scale) (``jax.nn.initializers.uniform`` is U[0, scale))."""
+  scale = _checks.positive_float("scale", scale)
+
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -scale, scale)
   return init
@@ -37,23 +41,26 @@ def uniform(scale: float):
 
 def torch_default(hidden_size: int):
   """PyTorch's recurrent default, U(-1/sqrt(H), 1/sqrt(H)), for weights and biases."""
+  hidden_size = _checks.positive_int("hidden_size", hidden_size)
   return uniform(1.0 / math.sqrt(hidden_size))
 
 
 def identity(scale: float = 1.0):
   """``scale * I`` for a square kernel: the IRNN recurrent init (Le et al. 2015)."""
+  scale = _checks.number("scale", scale)
+
   def init(key, shape, dtype=jnp.float32):
     del key
     if len(shape) != 2 or shape[0] != shape[1]:
-      raise ValueError(f"identity: expected a square 2-D shape, got {tuple(shape)}")
+      _checks.fail("shape", "a square 2-D shape (identity initializer)", tuple(shape))
     return scale * jnp.eye(shape[0], dtype=dtype)
   return init
 
 
 def chrono(t_max: float):
   """Chrono forget-gate bias (Tallec & Ollivier 2018): log U[1, t_max - 1]."""
-  if not t_max > 2:
-    raise ValueError(f"chrono: expected t_max > 2, got {t_max!r}")
+  t_max = _checks.number("t_max", t_max, "a finite float > 2 (the longest dependency "
+                         "in steps)", lambda v: v > 2)
 
   def init(key, shape, dtype=jnp.float32):
     return jnp.log(jax.random.uniform(key, shape, dtype, 1.0, t_max - 1.0))
