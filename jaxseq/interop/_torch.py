@@ -62,7 +62,9 @@ def from_torch(module) -> tuple[Layer, list]:
   ``gru(H, reset_after=True)`` or ``simple_rnn(H, activation=tanh | relu)``, each with
   ``use_bias=module.bias``. ``num_layers``, ``bidirectional``, ``proj_size``, ``bias``,
   ``batch_first``, ``nonlinearity`` and ``dropout`` (between layers, only when ``apply``
-  gets a ``key``, as PyTorch's training mode) are honoured.
+  gets a ``key``, as PyTorch's training mode) are honoured. ``dropout=1.0``, which PyTorch
+  accepts, means that in training mode every layer after the first reads zeros; the
+  stack then has ``dropout=0`` and those layers zero their input when given a ``key``.
 
   Args:
     module: the PyTorch module (any device and floating dtype; weights are copied).
@@ -105,8 +107,25 @@ def from_torch(module) -> tuple[Layer, list]:
     trees = [_cell_from_torch(module, mode, H, f"_l{k}{suffix}") for suffix in directions]
     params.append(dict(zip(("forward", "backward"), trees)) if module.bidirectional
                   else trees[0])
-  layer = layers_lib.stack(*per_layer, dropout=float(module.dropout))
+  rate = float(module.dropout)
+  if rate == 1.0:
+    # PyTorch accepts dropout=1.0: in training mode F.dropout(p=1) zeroes every layer's
+    # output but the last, so each later layer reads zeros (and passes no gradient down);
+    # in eval mode nothing is dropped. stack's inverted dropout would divide by 1 - rate
+    # = 0, so the zeros are given here, to layers 1.. when apply gets a key.
+    per_layer = per_layer[:1] + [_reads_zeros_with_key(layer) for layer in per_layer[1:]]
+    rate = 0.0
+  layer = layers_lib.stack(*per_layer, dropout=rate)
   return layer, params
+
+
+def _reads_zeros_with_key(layer: Layer) -> Layer:
+  """``layer`` reading zeros instead of ``xs`` when ``apply`` gets a ``key`` (training)."""
+  def apply(params, xs, *, key=None, **options):
+    if key is not None:
+      xs = jnp.zeros_like(xs)
+    return layer.apply(params, xs, key=key, **options)
+  return layer._replace(apply=apply)
 
 
 def _cell_from_torch(module, mode: str, H: int, suffix: str) -> dict:
