@@ -55,8 +55,15 @@ def from_flax(module: Any, variables: Mapping[str, Any], *,
   a Flax cell with a non-zero ``carry_init`` needs its carry passed explicitly
   (``unroll(cell, params, xs, carry=carry_from_flax(cell, flax_carry))``). For a cell inside
   ``nn.RNN``, pass ``rnn.cell`` and ``variables["params"]["cell"]``; ``nn.RNN``'s
-  ``reverse``/``time_major``/``seq_lengths`` are ``unroll``'s ``reverse``/``time_major``/
-  ``lengths``.
+  ``time_major``/``seq_lengths`` are ``unroll``'s ``time_major``/``lengths``. Its
+  ``reverse=True`` is ``unroll``'s ``reverse=True`` only with ``keep_order=True``: jaxseq
+  keeps the outputs aligned with the inputs (``ys[t]`` is computed at ``xs[t]``), while
+  with Flax's default ``keep_order=False`` the outputs come back in processing order,
+  each sequence's valid steps flipped in time: Flax's ``ys[b, t]`` is jaxseq's
+  ``ys[b, lengths[b] - 1 - t]`` for ``t < lengths[b]`` (``jnp.flip(ys, axis=-2)`` without
+  ``seq_lengths``; ``flax.linen.recurrent.flip_sequences(ys, lengths, num_batch_dims=1,
+  time_major=False)`` with them). The final carries agree either way. At padded steps
+  jaxseq's outputs are zero, Flax's are whatever its cell computed there.
 
   Args:
     module: a ``flax.linen`` cell instance (its attributes configure the jaxseq cell).
