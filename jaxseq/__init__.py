@@ -1,13 +1,18 @@
 """jaxseq: recurrent and convolutional sequence models as pure JAX functions."""
-from jaxseq import gradflow, initializers, interop, losses, models, nn, tasks, train
-from jaxseq.cells import Cell, LSTMState, conv_gru, conv_lstm, gru, lstm, mgu, simple_rnn
-from jaxseq.layers import Layer, bidirectional, recurrent, stack
+from jaxseq import gradflow, initializers, interop, losses, models, nn, specs, tasks, train
+from jaxseq._layer import Layer
+from jaxseq.cells import (Cell, Kernel, LSTMState, conv_gru, conv_lstm, gru, lstm, mgu,
+                          simple_rnn)
+from jaxseq.layers import (bidirectional, flip_sequences, map_cells, map_layers, recurrent,
+                           reversed_layer, stack)
+from jaxseq.nn.layers import over_time, serial
 from jaxseq.sequence import unroll
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Cell", "LSTMState", "Layer", "bidirectional", "conv_gru", "conv_lstm", "gradflow", "gru",
-    "initializers", "interop", "losses", "lstm", "mgu", "models", "nn", "recurrent",
-    "simple_rnn", "stack", "tasks", "train", "unroll",
+    "Cell", "Kernel", "LSTMState", "Layer", "bidirectional", "conv_gru", "conv_lstm",
+    "flip_sequences", "gradflow", "gru", "initializers", "interop", "losses", "lstm",
+    "map_cells", "map_layers", "mgu", "models", "nn", "over_time", "recurrent",
+    "reversed_layer", "serial", "simple_rnn", "specs", "stack", "tasks", "train", "unroll",
 ]

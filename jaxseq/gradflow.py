@@ -37,11 +37,10 @@ from jax.flatten_util import ravel_pytree
 from jaxseq import _checks
 from jaxseq import layers as layers_lib
 from jaxseq import sequence
-from jaxseq.cells.base import Cell
+from jaxseq import specs
+from jaxseq.cells.base import Cell, halves, split_cell
 
 __all__ = ["grad_norms", "jacobian_spectrum", "lyapunov", "norm_ratios"]
-
-_KINDS = ("recurrent", "bidirectional", "stack")
 
 
 # ----------------------------------------------------------------------------- grad_norms
@@ -111,7 +110,7 @@ def grad_norms(model: Cell | layers_lib.Layer, params: Any, xs: jax.Array,
   # and gives every recurrent sub-layer's carry shape (the layer's final carry).
   _, carry_shapes = jax.eval_shape(
       lambda p, x, c: layer.apply(p, x, lengths=lengths, carry=c), params, xs, carry)
-  num_steps, batch_shape = _time_and_batch(layer.spec, xs)
+  num_steps, batch_shape = _time_and_batch(layer, xs)
   lengths = _checks.lengths(lengths, batch_shape, num_steps)
   batch_ndim = len(batch_shape)
 
@@ -127,8 +126,8 @@ def grad_norms(model: Cell | layers_lib.Layer, params: Any, xs: jax.Array,
     zeros = jax.tree.map(lambda c: jnp.zeros((num_steps,) + c.shape, c.dtype), carry_shapes)
 
     def loss_of(perturbations):
-      ys, _ = _perturbed(layer.spec, perturbations).apply(params, xs, lengths=lengths,
-                                                          carry=carry)
+      parts = _carry_parts(layer, perturbations)
+      ys, _ = _perturbed(layer, parts).apply(params, xs, lengths=lengths, carry=carry)
       loss = loss_fn(ys)
       if jnp.ndim(loss) != 0 or not jnp.issubdtype(jnp.result_type(loss), jnp.floating):
         _checks.fail("loss_fn", "a function returning a real scalar",
@@ -137,9 +136,9 @@ def grad_norms(model: Cell | layers_lib.Layer, params: Any, xs: jax.Array,
 
     grads = jax.grad(loss_of)(zeros)
     if per_leaf:
-      return _map_carries(layer.spec, lambda g: jax.tree.map(
+      return _map_carries(layer, lambda g: jax.tree.map(
           lambda leaf: finish(square_norms(leaf)), g), grads)
-    return _map_carries(layer.spec, lambda g: finish(
+    return _map_carries(layer, lambda g: finish(
         sum(square_norms(leaf) for leaf in jax.tree.leaves(g))), grads)
 
   return compute(params, xs, carry, lengths)
@@ -188,116 +187,117 @@ def _as_layer(model: Any) -> layers_lib.Layer:
     return layers_lib.recurrent(model)
   if not isinstance(model, layers_lib.Layer):
     _checks.fail("model", "a jaxseq Cell or Layer", type(model).__name__, TypeError)
-  _check_spec(model.spec)
+  if not model.is_sequence:
+    _checks.fail("model", "a Cell or a sequence layer (recurrent, bidirectional, stack)",
+                 f"a {model.spec.kind!r} layer")
   return model
 
 
-def _check_spec(spec: Any) -> None:
-  kind = (spec or {}).get("kind")
-  if kind not in _KINDS:
-    _checks.fail("model", "a Cell or a Layer built by jaxseq.recurrent, bidirectional and "
-                 "stack", f"a layer of kind {kind!r}")
-  if kind == "bidirectional":
-    _check_spec(spec["forward"])
-    _check_spec(spec["backward"])
-  elif kind == "stack":
-    for sub in spec["layers"]:
-      _check_spec(sub)
-
-
-def _time_and_batch(spec: Any, xs: jax.Array) -> tuple[int, tuple[int, ...]]:
+def _time_and_batch(layer: layers_lib.Layer, xs: jax.Array) -> tuple[int, tuple[int, ...]]:
   """Number of steps and batch shape of ``xs`` as the first recurrent sub-layer reads it."""
-  while spec["kind"] != "recurrent":
-    spec = spec["forward"] if spec["kind"] == "bidirectional" else spec["layers"][0]
-  nf = sequence.feature_ndim(spec["cell"])
-  time_axis = 0 if spec["time_major"] else xs.ndim - nf - 1
+  spec = layers_lib.recurrent_layers(layer)[0].spec
+  nf = sequence.feature_ndim(spec.cell)
+  time_axis = 0 if spec.time_major else xs.ndim - nf - 1
   batch = xs.shape[:time_axis] + xs.shape[time_axis + 1:xs.ndim - nf]
   return xs.shape[time_axis], tuple(batch)
 
 
-def _map_carries(spec: Any, fn: Callable[[Any], Any], tree: Any) -> Any:
+def _carry_parts(layer: layers_lib.Layer, tree: Any) -> list:
+  """A carry-shaped ``tree`` of ``layer`` as a list, one entry per recurrent sub-layer in
+  ``map_layers`` order."""
+  spec = layer.spec
+  if isinstance(spec, specs.RecurrentSpec):
+    return [tree]
+  if isinstance(spec, specs.BidirectionalSpec):
+    return (_carry_parts(spec.forward, tree["forward"])
+            + _carry_parts(spec.backward, tree["backward"]))
+  if isinstance(spec, specs.StackSpec):
+    return [part for sub, t in zip(spec.layers, tree) for part in _carry_parts(sub, t)]
+  if isinstance(spec, specs.FlippedSpec):
+    return _carry_parts(spec.layer, tree)
+  _checks.fail("model", "a layer built by recurrent, bidirectional and stack",
+               f"a {spec.kind!r} layer")
+
+
+def _map_carries(layer: layers_lib.Layer, fn: Callable[[Any], Any], tree: Any) -> Any:
   """Applies ``fn`` to each recurrent sub-layer's part of a carry-shaped ``tree``."""
-  if spec["kind"] == "recurrent":
-    return fn(tree)
-  if spec["kind"] == "bidirectional":
-    return {d: _map_carries(spec[d], fn, tree[d]) for d in ("forward", "backward")}
-  return [_map_carries(s, fn, t) for s, t in zip(spec["layers"], tree)]
+  return _rebuild_carry(layer, iter([fn(part) for part in _carry_parts(layer, tree)]))
 
 
-def _perturbed(spec: Any, perturbations: Any) -> layers_lib.Layer:
-  """The layer described by ``spec`` with ``perturbations[t]`` added to each recurrent
-  sub-layer's carry after the step that reads ``xs[t]``.
+def _rebuild_carry(layer: layers_lib.Layer, parts) -> Any:
+  spec = layer.spec
+  if isinstance(spec, specs.RecurrentSpec):
+    return next(parts)
+  if isinstance(spec, specs.BidirectionalSpec):
+    forward = _rebuild_carry(spec.forward, parts)
+    return {"forward": forward, "backward": _rebuild_carry(spec.backward, parts)}
+  if isinstance(spec, specs.StackSpec):
+    return [_rebuild_carry(sub, parts) for sub in spec.layers]
+  return _rebuild_carry(spec.layer, parts)
 
-  ``perturbations`` has the structure of the layer's carry, every leaf with a leading time
-  axis ``(T, *carry_leaf_shape)``. A recurrent or bidirectional layer appends its
-  perturbations to its input features, time-aligned with ``xs``; each perturbed cell splits
-  them off again (``_perturbed_cell``), so ``unroll`` and the combinators run unchanged.
-  A stack rebuilds itself from perturbed sub-layers (each one's input is the previous
-  one's output, which is where its perturbations must join).
+
+def _perturbed(layer: layers_lib.Layer, perturbations: list) -> layers_lib.Layer:
+  """``layer`` with ``perturbations[i][t]`` added to the carry of its ``i``-th recurrent
+  sub-layer (``map_layers`` order) after the step that reads ``xs[t]``.
+
+  Each perturbation has the structure of that sub-layer's carry, every leaf with a leading
+  time axis ``(T, *carry_leaf_shape)``. Each recurrent sub-layer appends its perturbations
+  to its input features, time-aligned with its ``xs``; its perturbed cell's input half
+  splits them off again and its recurrent half adds them (``_perturbed_cell``), so
+  ``unroll`` and the combinators run unchanged, and the new recurrent half drops any kernel
+  bound to the cell's own.
   """
-  kind = spec["kind"]
-  if kind == "stack":
-    sub = [_perturbed(s, p) for s, p in zip(spec["layers"], perturbations)]
-    return layers_lib.stack(*sub, dropout=spec["dropout"], residual=spec["residual"])
-  if kind == "recurrent":
-    directions = [(spec, perturbations)]
-  else:
-    directions = [(spec[d], perturbations[d]) for d in ("forward", "backward")]
-    for d, s in zip(("forward", "backward"), (spec["forward"], spec["backward"])):
-      if s["kind"] != "recurrent":  # bidirectional only takes recurrent directions
-        _checks.fail("model", f"a bidirectional layer with a recurrent {d} direction",
-                     f"a {s['kind']!r} layer")
+  parts = iter(perturbations)
 
-  def apply(params, xs, *, lengths=None, carry=None, key=None):
-    # Perturbation leaves, moved to each direction's time axis and appended to the features.
-    leaves, extra = [], []
-    for s, p in directions:
-      nf = sequence.feature_ndim(s["cell"])
-      time_axis = 0 if s["time_major"] else xs.ndim - nf - 1
-      own = [jnp.moveaxis(leaf, 0, time_axis) for leaf in jax.tree.leaves(p)]
-      for leaf in own:
+  def perturb(recurrent_layer):
+    spec = recurrent_layer.spec
+    p = next(parts)
+    nf = sequence.feature_ndim(spec.cell)
+
+    def apply(params, xs, *, lengths=None, carry=None, key=None):
+      time_axis = 0 if spec.time_major else xs.ndim - nf - 1
+      leaves = [jnp.moveaxis(leaf, 0, time_axis) for leaf in jax.tree.leaves(p)]
+      for leaf in leaves:
         if leaf.shape[:-1] != xs.shape[:-1]:
           _checks.fail("model", "carry leaves shaped like the inputs but for the last axis "
                        f"(inputs {tuple(xs.shape)})", f"a carry leaf {tuple(leaf.shape)}")
-      extra.append([leaf.shape[-1] for leaf in own])
-      leaves += own
-    dtype = jnp.result_type(xs, *leaves)
-    augmented = jnp.concatenate([xs.astype(dtype)] + [a.astype(dtype) for a in leaves], -1)
-    input_size, offset, cells = xs.shape[-1], xs.shape[-1], []
-    for (s, p), sizes in zip(directions, extra):
-      cells.append(_perturbed_cell(s["cell"], jax.tree.structure(p), sizes, input_size,
-                                   offset, augmented.shape[-1], xs.dtype))
-      offset += sum(sizes)
-    options = [{k: v for k, v in s.items() if k not in ("kind", "cell")} for s, _ in directions]
-    if kind == "recurrent":
-      inner = layers_lib.recurrent(cells[0], **options[0])
-    else:
-      inner = layers_lib.bidirectional(layers_lib.recurrent(cells[0], **options[0]),
-                                       layers_lib.recurrent(cells[1], **options[1]),
-                                       merge=spec["merge"])
-    return inner.apply(params, augmented, lengths=lengths, carry=carry)
+      dtype = jnp.result_type(xs, *leaves)
+      augmented = jnp.concatenate([xs.astype(dtype)] + [a.astype(dtype) for a in leaves], -1)
+      cell = _perturbed_cell(spec.cell, jax.tree.structure(p),
+                             [leaf.shape[-1] for leaf in leaves], xs.shape[-1], xs.dtype)
+      inner = layers_lib.recurrent(cell, **spec.options)
+      return inner.apply(params, augmented, lengths=lengths, carry=carry, key=key)
 
-  return layers_lib.Layer(lambda key, input_size: None, apply, spec)
+    return layers_lib.Layer(recurrent_layer.init, apply, None, spec)
+
+  return layers_lib.map_layers(layer, perturb)
 
 
 def _perturbed_cell(cell: Cell, treedef: Any, sizes: Sequence[int], input_size: int,
-                    offset: int, total_size: int, x_dtype: Any) -> Cell:
-  """``cell`` reading ``[x_t, ..., eps_t, ...]`` with its ``eps_t`` (flattened carry leaves,
-  each ``sizes[i]`` features wide) at ``offset``; it adds ``eps_t`` to the new carry and to
-  the output where the output is a carry leaf."""
-  bounds = np.cumsum([offset] + list(sizes))
+                    x_dtype: Any) -> Cell:
+  """``cell`` reading ``[x_t, eps_t]`` (``eps_t``: its flattened carry leaves, each
+  ``sizes[i]`` features wide) and adding ``eps_t`` to the new carry and to the output where
+  the output is a carry leaf."""
+  bounds = np.cumsum([input_size] + list(sizes))
+  project, recur = halves(cell)
 
   def init(key, size):  # the augmented input's params are the cell's own
-    return cell.init(key, size - (total_size - input_size))
+    if isinstance(size, (tuple, list)):
+      return cell.init(key, tuple(size[:-1]) + (input_size,))
+    return cell.init(key, input_size)
 
-  def step(params, carry, x_aug):
-    new_carry, y = cell.step(params, carry, x_aug[..., :input_size].astype(x_dtype))
+  def new_project(params, x_aug):
+    eps = [x_aug[..., lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return project(params, x_aug[..., :input_size].astype(x_dtype)), eps
+
+  def new_recur(params, carry, gx_eps):
+    gx, eps = gx_eps
+    new_carry, y = recur(params, carry, gx)
     new_leaves = jax.tree.leaves(new_carry)
     if jax.tree.structure(new_carry) != treedef:
       _checks.fail("model", f"a cell whose step returns a carry structured as {treedef}",
                    jax.tree.structure(new_carry))
-    perturbed = [leaf + x_aug[..., lo:hi].astype(leaf.dtype)
-                 for leaf, lo, hi in zip(new_leaves, bounds[:-1], bounds[1:])]
+    perturbed = [leaf + e.astype(leaf.dtype) for leaf, e in zip(new_leaves, eps)]
 
     def through_carry(out):  # y_t = h_t: the output is the (now perturbed) carry leaf
       for leaf, new in zip(new_leaves, perturbed):
@@ -307,7 +307,10 @@ def _perturbed_cell(cell: Cell, treedef: Any, sizes: Sequence[int], input_size: 
 
     return jax.tree.unflatten(treedef, perturbed), jax.tree.map(through_carry, y)
 
-  return Cell(init, cell.initial_carry, step, cell.spec)
+  def initialize_carry(params, input_shape):
+    return cell.initialize_carry(params, tuple(input_shape[:-1]) + (input_size,))
+
+  return split_cell(init, initialize_carry, new_project, new_recur, cell.spec)
 
 
 # ----------------------------------------------------------------------------- Jacobians
@@ -360,7 +363,7 @@ def jacobian_spectrum(cell: Cell, params: Any, xs: jax.Array, k: int | None = No
   t = num_steps - 1 if t is None else _step_index("t", t, num_steps)
   if t < s:
     _checks.fail("t", f"a step >= s = {s}", repr(t))
-  iterations = _nonnegative_int("iterations", iterations)
+  iterations = _checks.nonnegative_int("iterations", iterations)
 
   @jax.jit
   def compute(flat, xs, frame):
@@ -419,7 +422,7 @@ def lyapunov(cell: Cell, params: Any, xs: jax.Array, k: int | None = None, warmu
   xs, flat, flat_step, n = _trajectory(cell, params, xs, carry)
   num_steps = xs.shape[0]
   k = _frame_size(k, n)
-  warmup = _nonnegative_int("warmup", warmup)
+  warmup = _checks.nonnegative_int("warmup", warmup)
   if warmup >= num_steps:
     _checks.fail("warmup", f"fewer steps than the {num_steps} of xs", repr(warmup))
 
@@ -453,17 +456,17 @@ def _trajectory(cell: Cell, params: Any, xs: Any, carry: Any):
       _checks.fail("xs", expected, f"shape {tuple(xs.shape)}")
     xs = xs[0]
     if carry is not None:
-      _checks.carry(cell, params, carry, (1,))
+      _checks.carry(cell, params, carry, (1,) + tuple(xs.shape[1:]))
       carry = jax.tree.map(lambda c: c[0], carry)
   elif xs.ndim != nf + 1:
     _checks.fail("xs", expected, f"shape {tuple(xs.shape)}")
   if xs.shape[0] == 0:
     _checks.fail("xs", "at least one time step", f"shape {tuple(xs.shape)}")
-  _checks.cell_params(cell, params, xs.shape[-1])
+  _checks.cell_params(cell, params, xs.shape[1:])
   if carry is None:
-    carry = cell.initial_carry(params, ())
+    carry = cell.initialize_carry(params, tuple(xs.shape[1:]))
   else:
-    _checks.carry(cell, params, carry, ())
+    _checks.carry(cell, params, carry, tuple(xs.shape[1:]))
   # Start in the dtypes the step returns, as unroll does (float64 inputs, say).
   out = jax.eval_shape(cell.step, params, carry, xs[0])[0]
   carry = jax.tree.map(lambda c, o: jnp.asarray(c, o.dtype), carry, out)
@@ -523,15 +526,7 @@ def _frame_size(k: Any, n: int) -> int:
 
 
 def _step_index(argument: str, value: Any, num_steps: int) -> int:
-  value = _nonnegative_int(argument, value)
+  value = _checks.nonnegative_int(argument, value)
   if value >= num_steps:
     _checks.fail(argument, f"a step in [0, {num_steps - 1}]", repr(value))
   return value
-
-
-def _nonnegative_int(argument: str, value: Any) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    _checks.fail(argument, "a non-negative int", repr(value), TypeError)
-  if value < 0:
-    _checks.fail(argument, "a non-negative int", repr(value))
-  return int(value)

@@ -1,4 +1,12 @@
-"""Sequence layers: ``Layer(init, apply)`` records and the combinators that build them."""
+"""Sequence layers (``recurrent``, ``bidirectional``, ``stack``) and ``map_cells``.
+
+They are values of the one ``jaxseq.Layer`` type in its sequence form::
+
+    params = layer.init(key, input_size)        # one step's features (a shape for conv cells)
+    ys, carry = layer.apply(params, xs, *, lengths=None, carry=None, key=None)
+
+and compose with network layers (``jaxseq.nn.Conv``, ``Dense``, ...) in ``jaxseq.nn.serial``.
+"""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, Union
@@ -7,28 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import _checks
-from jaxseq.cells.base import Cell, LSTMState
+from jaxseq import specs
+from jaxseq._layer import Layer
+from jaxseq.cells.base import Cell, LSTMState, halves
 from jaxseq import sequence
-
-
-class ApplyFn(Protocol):
-  def __call__(self, params: Any, xs: jax.Array, *, lengths: jax.Array | None = None,
-               carry: Any = None, key: jax.Array | None = None) -> tuple[Any, Any]:
-    """Runs the layer over ``xs``; returns ``(ys, carry)``. ``key`` turns dropout on."""
-
-
-class Layer(NamedTuple):
-  """A sequence layer as pure functions (stax's init/apply pair).
-
-  Attributes:
-    init: ``init(key, input_size) -> params``.
-    apply: ``apply(params, xs, *, lengths=None, carry=None, key=None) -> (ys, carry)``.
-      Without a ``key`` the layer is deterministic (dropout off).
-    spec: static description (``kind`` and options) used by weight interop.
-  """
-  init: Callable[[jax.Array, int], Any]
-  apply: ApplyFn
-  spec: Optional[Mapping[str, Any]] = None
 
 
 LayerLike = Union[Layer, Cell]
@@ -40,43 +30,74 @@ MERGES: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-def _check_key(key: Any) -> None:
-  if key is None:
-    return
-  expected = "a single PRNG key from jax.random.PRNGKey or jax.random.key"
-  if not (hasattr(key, "dtype") and hasattr(key, "shape")):
-    _checks.fail("key", expected, type(key).__name__, TypeError)
-  # A float array or a batch of keys would otherwise fail deep inside jax.random.
-  try:
-    jax.eval_shape(jax.random.split, key)
-  except (TypeError, ValueError):
-    _checks.fail("key", expected, f"an array of dtype {key.dtype} and shape "
-                 f"{tuple(key.shape)}", TypeError)
+_check_key = _checks.prng_key
 
 
 def _sequence_axes(cell: Cell, xs: jax.Array, time_major: bool) -> tuple[int, tuple[int, ...]]:
   """The time axis of ``xs`` and its batch shape."""
-  nf = sequence.feature_ndim(cell)
-  if xs.ndim < nf + 1:  # as unroll checks it, before dropout's broadcasting changes xs
-    _checks.fail("xs", f"an array of rank >= {nf + 1} (*batch, T, *features)",
-                 f"shape {tuple(xs.shape)}")
-  time_axis = 0 if time_major else xs.ndim - nf - 1
-  batch = xs.shape[:time_axis] + xs.shape[time_axis + 1:xs.ndim - nf]
-  return time_axis, tuple(batch)
+  return _sequence_axes_nf(sequence.feature_ndim(cell), xs, time_major)
 
 
 def _with_recurrent_dropout(cell: Cell, mask: jax.Array) -> Cell:
-  """The cell with ``h_{t-1}`` multiplied by a fixed mask before each step (Gal 2016)."""
-  def step(params, carry, x_t):
+  """The cell with ``h_{t-1}`` multiplied by a fixed mask before each step (Gal 2016).
+
+  The recurrence changes, so the wrapped cell gets a new ``recur``: a ``Kernel`` bound to the
+  original ``recur`` no longer applies and ``unroll`` falls back to the scan."""
+  def dropped(carry):
     if isinstance(carry, LSTMState):
-      dropped = carry._replace(h=carry.h * mask)
-    elif isinstance(carry, jax.Array):
-      dropped = carry * mask
-    else:
-      raise TypeError("recurrent_dropout: expected a cell whose carry is an array or an "
-                      f"LSTMState, got carry of type {type(carry).__name__}")
-    return cell.step(params, dropped, x_t)
-  return cell._replace(step=step)
+      return carry._replace(h=carry.h * mask)
+    if isinstance(carry, jax.Array):
+      return carry * mask
+    raise TypeError("recurrent_dropout: expected a cell whose carry is an array or an "
+                    f"LSTMState, got carry of type {type(carry).__name__}")
+
+  project, recur = halves(cell)
+
+  def new_recur(params, carry, gx_t):
+    return recur(params, dropped(carry), gx_t)
+
+  def step(params, carry, x_t):
+    return cell.step(params, dropped(carry), x_t)
+
+  return cell._replace(step=step, project=project, recur=new_recur, kernel=None)
+
+
+def _step_input(layer: Layer, step_shape: Any) -> Any:
+  """A one-step, one-example stand-in of the layer's input features, for shape inference:
+  ``step_shape`` is an int (features) or a shape ``(*spatial, C)``."""
+  if isinstance(step_shape, (tuple, list)):
+    return tuple(step_shape)
+  nf = _feature_ndim(layer)
+  return (1,) * (nf - 1) + (step_shape,)
+
+
+def _feature_ndim(layer: Layer) -> int:
+  spec = layer.spec
+  if isinstance(spec, specs.RecurrentSpec):
+    return sequence.feature_ndim(spec.cell)
+  if isinstance(spec, specs.BidirectionalSpec):
+    return _feature_ndim(spec.forward)
+  if isinstance(spec, specs.StackSpec):
+    return _feature_ndim(spec.layers[0])
+  if isinstance(spec, specs.FlippedSpec):
+    return _feature_ndim(spec.layer)
+  return 1
+
+
+def _sequence_output_shape(init, apply, time_major: bool = False):
+  """``output_shape`` of a sequence layer: ``(T, *features)`` in, ``(T, *out)`` out."""
+  def output_shape(input_shape):
+    from jaxseq._layer import _step_shape
+    step = _step_shape(input_shape)
+    params = jax.eval_shape(lambda k: init(k, step), jax.random.PRNGKey(0))
+    shape = (input_shape[0], 1) if time_major else (1, input_shape[0])
+    xs = jax.ShapeDtypeStruct(shape + tuple(input_shape[1:]), jnp.float32)
+    ys, _ = jax.eval_shape(lambda p, x: apply(p, x), params, xs)
+    if not hasattr(ys, "shape"):
+      _checks.fail("layer", "a layer whose outputs are one array (merge=None gives a pair)",
+                   type(ys).__name__)
+    return (input_shape[0],) + tuple(ys.shape[2:])
+  return output_shape
 
 
 def recurrent(cell: Cell, *, reverse: bool = False, time_major: bool = False,
@@ -90,7 +111,8 @@ def recurrent(cell: Cell, *, reverse: bool = False, time_major: bool = False,
     dropout: drop rate on the inputs, one mask per sequence shared by every step
       (variational dropout, Gal & Ghahramani 2016; Keras's ``dropout``).
     recurrent_dropout: drop rate on ``h_{t-1}`` as it enters each step, one mask per
-      sequence (Gal & Ghahramani 2016). Both only act when ``apply`` gets a ``key``.
+      sequence (Gal & Ghahramani 2016). Both only act when ``apply`` gets a ``key`` (in a
+      ``serial``: ``train=True`` and a ``key``, as every network layer).
 
   ``params`` are the cell's params; ``carry`` is the cell's carry.
   """
@@ -100,7 +122,7 @@ def recurrent(cell: Cell, *, reverse: bool = False, time_major: bool = False,
   recurrent_dropout = _checks.probability("recurrent_dropout", recurrent_dropout)
   options = dict(reverse=reverse, time_major=time_major, unroll=unroll, remat=remat)
 
-  def init(key: jax.Array, input_size: int) -> Any:
+  def init(key: jax.Array, input_size: Any) -> Any:
     return cell.init(key, input_size)
 
   def apply(params, xs, *, lengths=None, carry=None, key=None):
@@ -116,16 +138,18 @@ def recurrent(cell: Cell, *, reverse: bool = False, time_major: bool = False,
         xs = jnp.where(keep, xs / (1.0 - dropout), 0).astype(xs.dtype)
       if recurrent_dropout:
         # Wrong params must fail here with unroll's message, not as a KeyError below.
-        _checks.cell_params(cell, params, xs.shape[-1])
-        zero = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
+        nf = sequence.feature_ndim(cell)
+        _checks.cell_params(cell, params, xs.shape[xs.ndim - nf:])
+        step_shape = batch_shape + tuple(xs.shape[xs.ndim - nf:])
+        zero = jax.eval_shape(lambda p: cell.initialize_carry(p, step_shape), params)
         h = zero.h if isinstance(zero, LSTMState) else zero
         keep = jax.random.bernoulli(key_rec, 1.0 - recurrent_dropout, h.shape)
         step_cell = _with_recurrent_dropout(cell, keep / (1.0 - recurrent_dropout))
     return sequence.unroll(step_cell, params, xs, carry, lengths, **options)
 
-  spec = dict(kind="recurrent", cell=cell, dropout=dropout,
-              recurrent_dropout=recurrent_dropout, **options)
-  return Layer(init, apply, spec)
+  spec = specs.RecurrentSpec(cell=cell, dropout=dropout, recurrent_dropout=recurrent_dropout,
+                             **options)
+  return Layer(init, apply, _sequence_output_shape(init, apply, time_major), spec)
 
 
 def _as_layer(argument: str, layer: LayerLike) -> Layer:
@@ -133,26 +157,91 @@ def _as_layer(argument: str, layer: LayerLike) -> Layer:
     return recurrent(layer)
   if not isinstance(layer, Layer):
     _checks.fail(argument, "a jaxseq Layer or Cell", type(layer).__name__, TypeError)
+  if not layer.is_sequence:
+    _checks.fail(argument, "a sequence layer (a Cell, recurrent, bidirectional or stack; "
+                 "compose network layers such as nn.Conv or nn.Dense with sequence layers "
+                 "in jaxseq.nn.serial, or apply them per step with jaxseq.over_time)",
+                 f"a {layer.spec.kind!r} layer", TypeError)
   return layer
 
 
-def _reversed(argument: str, layer: Layer) -> Layer:
-  spec = layer.spec or {}
-  if spec.get("kind") != "recurrent":
-    _checks.fail(argument, "a Cell or a layer made by jaxseq.recurrent (it must be re-run "
-                 "in reverse)", f"a layer of kind {spec.get('kind')!r}")
-  options = {k: v for k, v in spec.items() if k not in ("kind", "cell")}
-  return recurrent(spec["cell"], **{**options, "reverse": True})
+def reversed_layer(layer: Layer) -> Layer:
+  """``layer`` run backwards over each sequence's valid part, outputs aligned with inputs.
+
+  A ``recurrent`` layer gets ``reverse=True``; a ``stack`` reverses each of its layers
+  (running every layer backwards is running the stack on the flipped sequence); any other
+  sequence layer runs on the flipped sequences (``flip_sequences``).
+  """
+  spec = layer.spec
+  if isinstance(spec, specs.RecurrentSpec):
+    return recurrent(spec.cell, **{**spec.options, "reverse": True})
+  if isinstance(spec, specs.StackSpec):
+    return stack(*(reversed_layer(sub) for sub in spec.layers), dropout=spec.dropout,
+                 residual=spec.residual)
+  return _flipped(layer)
+
+
+def flip_sequences(xs: jax.Array, lengths: jax.Array | None, time_axis: int) -> jax.Array:
+  """Reverses each sequence's first ``lengths`` steps along ``time_axis`` and leaves the
+  padding where it is (Flax's ``flip_sequences``); all steps when ``lengths`` is None."""
+  if lengths is None:
+    return jnp.flip(xs, time_axis)
+  num_steps = xs.shape[time_axis]
+  t = jnp.arange(num_steps)
+  lengths = jnp.asarray(lengths)[..., None]                   # (*batch, 1)
+  index = jnp.where(t < lengths, lengths - 1 - t, t)          # (*batch, T)
+  moved = jnp.moveaxis(xs, time_axis, lengths.ndim - 1)       # (*batch, T, *features)
+  index = index.reshape(index.shape + (1,) * (moved.ndim - index.ndim))
+  flipped = jnp.take_along_axis(moved, index, axis=lengths.ndim - 1)
+  return jnp.moveaxis(flipped, lengths.ndim - 1, time_axis)
+
+
+def _flipped(layer: Layer) -> Layer:
+  time_major = _time_major(layer)
+
+  def apply(params, xs, *, lengths=None, carry=None, key=None):
+    xs = _checks.float_array("xs", xs)
+    time_axis, _ = _sequence_axes_nf(_feature_ndim(layer), xs, time_major)
+    lengths_arr = None if lengths is None else jnp.asarray(lengths)
+    ys, carry = layer.apply(params, flip_sequences(xs, lengths_arr, time_axis),
+                            lengths=lengths, carry=carry, key=key)
+    ys = jax.tree.map(lambda y: flip_sequences(y, lengths_arr, time_axis), ys)
+    return ys, carry
+
+  return Layer(layer.init, apply, layer.output_shape, specs.FlippedSpec(layer=layer))
+
+
+def _time_major(layer: Layer) -> bool:
+  spec = layer.spec
+  if isinstance(spec, specs.RecurrentSpec):
+    return spec.time_major
+  if isinstance(spec, specs.BidirectionalSpec):
+    return _time_major(spec.forward)
+  if isinstance(spec, specs.StackSpec):
+    return _time_major(spec.layers[0])
+  if isinstance(spec, specs.FlippedSpec):
+    return _time_major(spec.layer)
+  return False
+
+
+def _sequence_axes_nf(nf: int, xs: jax.Array, time_major: bool):
+  if xs.ndim < nf + 1:
+    _checks.fail("xs", f"an array of rank >= {nf + 1} (*batch, T, *features)",
+                 f"shape {tuple(xs.shape)}")
+  time_axis = 0 if time_major else xs.ndim - nf - 1
+  batch = xs.shape[:time_axis] + xs.shape[time_axis + 1:xs.ndim - nf]
+  return time_axis, tuple(batch)
 
 
 def bidirectional(fw: LayerLike, bw: LayerLike | None = None,
                   merge: str | Callable[[Any, Any], Any] | None = "concat") -> Layer:
-  """Runs a forward and a backward recurrent layer over the same sequence.
+  """Runs a forward and a backward sequence layer over the same sequence.
 
   Args:
-    fw: the forward direction: a ``Cell`` or a ``recurrent(...)`` layer.
-    bw: the backward direction (a ``Cell`` or a ``recurrent(...)`` layer, always run with
-      ``reverse=True``); ``None``: a second, independently initialised copy of ``fw``.
+    fw: the forward direction: a ``Cell`` or any sequence layer (``recurrent``, ``stack``,
+      ``bidirectional``).
+    bw: the backward direction, always run backwards (``reversed_layer``); ``None``: a
+      second, independently initialised copy of ``fw``.
     merge: how the two output sequences combine: ``"concat"`` (feature axis), ``"sum"``,
       ``"mean"``, ``"mul"``, a callable ``merge(ys_fw, ys_bw)``, or ``None`` for the pair.
 
@@ -163,13 +252,18 @@ def bidirectional(fw: LayerLike, bw: LayerLike | None = None,
   Params and carry are ``{"forward": ..., "backward": ...}``.
   """
   fw = _as_layer("fw", fw)
-  bw = _reversed("bw", fw if bw is None else _as_layer("bw", bw))
+  bw = reversed_layer(fw if bw is None else _as_layer("bw", bw))
+  return _bidirectional(fw, bw, merge)
+
+
+def _bidirectional(fw: Layer, bw: Layer, merge) -> Layer:
+  """``bidirectional`` of a forward layer and a backward layer that already runs backwards."""
   if merge is None or callable(merge):
     merge_fn = merge or (lambda a, b: (a, b))
   else:
     merge_fn = MERGES[_checks.choice("merge", merge, list(MERGES) + [None])]
 
-  def init(key: jax.Array, input_size: int) -> dict:
+  def init(key: jax.Array, input_size: Any) -> dict:
     key_fw, key_bw = jax.random.split(key)
     return {"forward": fw.init(key_fw, input_size), "backward": bw.init(key_bw, input_size)}
 
@@ -184,10 +278,14 @@ def bidirectional(fw: LayerLike, bw: LayerLike | None = None,
                            key=key_fw)
     ys_bw, c_bw = bw.apply(params["backward"], xs, lengths=lengths, carry=carry["backward"],
                            key=key_bw)
+    if merge in ("sum", "mean", "mul") and jnp.shape(ys_fw) != jnp.shape(ys_bw):
+      _checks.fail("merge", f"{merge!r} of two directions with outputs of one shape (or "
+                   "merge='concat')", f"forward outputs {tuple(jnp.shape(ys_fw))} and "
+                   f"backward outputs {tuple(jnp.shape(ys_bw))}")
     return merge_fn(ys_fw, ys_bw), {"forward": c_fw, "backward": c_bw}
 
-  spec = dict(kind="bidirectional", forward=fw.spec, backward=bw.spec, merge=merge)
-  return Layer(init, apply, spec)
+  spec = specs.BidirectionalSpec(forward=fw, backward=bw, merge=merge)
+  return Layer(init, apply, _sequence_output_shape(init, apply, _time_major(fw)), spec)
 
 
 def _check_keys(argument: str, tree: Any, keys: tuple[str, ...]) -> None:
@@ -196,37 +294,25 @@ def _check_keys(argument: str, tree: Any, keys: tuple[str, ...]) -> None:
     _checks.fail(argument, f"a dict with keys {list(keys)}", got)
 
 
-def _spatial_shape(spec: Mapping[str, Any] | None) -> tuple[int, ...]:
-  """The axes between time and features of a layer's inputs: none for dense cells, the
-  frame for convolutional cells (their ``spatial_shape``, or size 1 when it is unset)."""
-  spec = spec or {}
-  if spec.get("kind") == "recurrent":
-    cell_spec = spec["cell"].spec or {}
-    return tuple(cell_spec.get("spatial_shape")
-                 or (1,) * (cell_spec.get("feature_ndim", 1) - 1))
-  if spec.get("kind") == "bidirectional":
-    return _spatial_shape(spec["forward"])
-  if spec.get("kind") == "stack":
-    return _spatial_shape(spec["layers"][0])
-  return ()
-
-
-def output_size(layer: Layer, params: Any, input_size: int) -> int:
-  """Feature size of ``layer``'s outputs, by shape inference (no compute)."""
-  xs = jax.ShapeDtypeStruct((1, 1) + _spatial_shape(layer.spec) + (input_size,), jnp.float32)
+def output_size(layer: Layer, params: Any, input_size: Any) -> Any:
+  """Feature size of ``layer``'s outputs for one step's input (an int, or a shape for
+  convolutional layers, then the output's ``(*spatial, F)``), by shape inference."""
+  step = _step_input(layer, input_size)
+  xs = jax.ShapeDtypeStruct((1, 1) + step, jnp.float32)
   ys, _ = jax.eval_shape(lambda p, x: layer.apply(p, x), params, xs)
   if not hasattr(ys, "shape"):
     _checks.fail("layers", "layers whose outputs are one array (merge=None gives a pair)",
                  type(ys).__name__)
-  return ys.shape[-1]
+  out = tuple(ys.shape[2:])
+  return out[-1] if not isinstance(input_size, (tuple, list)) else out
 
 
 def stack(*layers: LayerLike, dropout: float = 0.0, residual: bool = False) -> Layer:
-  """Stacks layers: each one's output sequence is the next one's input (PyTorch's
-  ``num_layers``).
+  """Stacks sequence layers: each one's output sequence is the next one's input
+  (PyTorch's ``num_layers``).
 
   Args:
-    *layers: ``Layer``s or ``Cell``s (wrapped with ``recurrent``).
+    *layers: sequence ``Layer``s or ``Cell``s (wrapped with ``recurrent``).
     dropout: drop rate on each layer's outputs except the last (as PyTorch's ``dropout``),
       a fresh mask per element; only with a ``key``.
     residual: add each layer's input to its output from the second layer on (Wu et al.
@@ -242,7 +328,7 @@ def stack(*layers: LayerLike, dropout: float = 0.0, residual: bool = False) -> L
   if not isinstance(residual, bool):
     _checks.fail("residual", "a bool", repr(residual), TypeError)
 
-  def init(key: jax.Array, input_size: int) -> list:
+  def init(key: jax.Array, input_size: Any) -> list:
     params = []
     for i, (layer, k) in enumerate(zip(layers, jax.random.split(key, len(layers)))):
       p = layer.init(k, input_size)
@@ -286,6 +372,47 @@ def stack(*layers: LayerLike, dropout: float = 0.0, residual: bool = False) -> L
       xs = ys
     return xs, out_carries
 
-  spec = dict(kind="stack", layers=[layer.spec for layer in layers], dropout=dropout,
-              residual=residual)
-  return Layer(init, apply, spec)
+  spec = specs.StackSpec(layers=layers, dropout=dropout, residual=residual)
+  return Layer(init, apply, _sequence_output_shape(init, apply, _time_major(layers[0])), spec)
+
+
+# ----------------------------------------------------------------------------- traversal
+
+
+def map_layers(layer: Layer, fn: Callable[[Layer], Layer]) -> Layer:
+  """Rebuilds ``layer`` with each ``recurrent`` layer inside it replaced by ``fn(it)``, in
+  the order of the layer's carry (a bidirectional layer's forward then backward direction, a
+  stack's layers in order). Any other layer without recurrent layers inside is kept.
+
+  The one traversal of the sequence combinators: wrappers (``gradflow``'s perturbations,
+  weight interop) use it instead of switching on layer kinds.
+  """
+  spec = layer.spec
+  if isinstance(spec, specs.RecurrentSpec):
+    return fn(layer)
+  if isinstance(spec, specs.BidirectionalSpec):
+    # The backward layer already runs backwards: keep it as ``fn`` made it.
+    return _bidirectional(map_layers(spec.forward, fn), map_layers(spec.backward, fn),
+                          spec.merge)
+  if isinstance(spec, specs.StackSpec):
+    return stack(*(map_layers(sub, fn) for sub in spec.layers), dropout=spec.dropout,
+                 residual=spec.residual)
+  if isinstance(spec, specs.FlippedSpec):
+    return _flipped(map_layers(spec.layer, fn))
+  return layer
+
+
+def map_cells(layer: Layer, fn: Callable[[Cell], Cell]) -> Layer:
+  """``layer`` with every cell inside replaced by ``fn(cell)``, options kept."""
+  return map_layers(layer, lambda r: recurrent(fn(r.spec.cell), **r.spec.options))
+
+
+def recurrent_layers(layer: Layer) -> list[Layer]:
+  """The ``recurrent`` layers inside ``layer``, in the order ``map_layers`` visits them."""
+  found = []
+
+  def visit(r):
+    found.append(r)
+    return r
+  map_layers(layer, visit)
+  return found

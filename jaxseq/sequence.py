@@ -1,4 +1,10 @@
-"""Backpropagation through time: ``unroll`` scans a cell's step over a sequence."""
+"""Backpropagation through time: ``unroll`` runs a cell over a sequence.
+
+The cell's input half (``project``) runs once over all steps, one GEMM or convolution
+over T·B; its recurrent half (``recur``) is then scanned with ``jax.lax.scan``, or run by the
+cell's whole-sequence ``Kernel`` when it has one bound to that very ``recur`` (the one plug-in
+point for fast kernels; see ``jaxseq.cells.base.Kernel``).
+"""
 from __future__ import annotations
 
 import functools
@@ -10,12 +16,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxseq import _checks
-from jaxseq.cells.base import Cell
+from jaxseq.cells.base import Cell, halves
 
 
 def feature_ndim(cell: Cell) -> int:
   """Rank of one step's input without batch axes (1 for dense cells, 3 for 2-D conv cells)."""
-  return (cell.spec or {}).get("feature_ndim", 1)
+  return getattr(cell.spec, "feature_ndim", 1)
 
 
 def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
@@ -28,7 +34,7 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
     params: the cell's parameters.
     xs: inputs ``(*batch, T, *features)`` (``(T, *batch, *features)`` when ``time_major``);
       any number of batch axes, none included.
-    carry: initial carry; zeros (``cell.initial_carry``) when ``None``.
+    carry: initial carry; zeros (``cell.initialize_carry``) when ``None``.
     lengths: integer valid lengths, shaped like the batch axes. Outputs past a length are
       zero, inputs there are never read, and the returned carry is the carry after the last
       valid step (the initial carry for an empty sequence).
@@ -44,6 +50,9 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
   Returns:
     ``(ys, carry)``: the outputs ``(*batch, T, *out_features)`` and the final carry.
   """
+  if not isinstance(cell, Cell):
+    _checks.fail("cell", "a jaxseq Cell (for a layer use layer.apply(params, xs))",
+                 type(cell).__name__, TypeError)
   nf = feature_ndim(cell)
   xs = _checks.float_array("xs", xs)
   if xs.ndim < nf + 1:
@@ -65,20 +74,49 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
   if num_steps == 0:
     _checks.fail("xs", "at least one time step", f"shape {tuple(xs.shape)} with T = 0")
   batch_shape = tuple(xs.shape[1:xs.ndim - nf])
-  _checks.cell_params(cell, params, xs.shape[-1])
+  _checks.cell_params(cell, params, xs.shape[xs.ndim - nf:])
   lengths = _checks.lengths(lengths, batch_shape, num_steps)
+  project, recur = halves(cell)
+  step_shape = tuple(xs.shape[1:])
+  # The dtypes recur computes the carry in (a float64 input widens a float32 carry).
+  gx_0 = jax.eval_shape(lambda p, x: project(p, x), params,
+                        jax.ShapeDtypeStruct(step_shape, xs.dtype))
   if carry is None:
-    carry = cell.initial_carry(params, batch_shape)
-    # A step computing in a wider dtype than the params (float64 inputs, say) would change
-    # the carry's dtype inside the scan: start from the step's own output dtypes.
-    out = jax.eval_shape(cell.step, params, carry, xs[0])[0]
+    carry = cell.initialize_carry(params, step_shape)
+    out = jax.eval_shape(recur, params, carry, gx_0)[0]
     carry = jax.tree.map(lambda c, o: c.astype(o.dtype), carry, out)
   else:
-    _checks.carry(cell, params, carry, batch_shape)
+    _checks.carry(cell, params, carry, step_shape)
+    out = jax.eval_shape(recur, params, carry, gx_0)[0]
+    for c, o in zip(jax.tree.leaves(carry), jax.tree.leaves(out)):
+      if jnp.result_type(c) != o.dtype:
+        _checks.fail("carry", f"a carry in the dtypes the cell's step returns "
+                     f"({', '.join(str(l.dtype) for l in jax.tree.leaves(out))})",
+                     f"dtypes ({', '.join(str(jnp.result_type(l)) for l in jax.tree.leaves(carry))})",
+                     TypeError)
 
-  carry, ys = _scan(cell.step, params, carry, xs, lengths, reverse, unroll, chunk)
+  kernel = cell.kernel
+  if kernel is not None and kernel.recur is recur and chunk is None:
+    carry, ys = _run_kernel(kernel.run, project, params, carry, xs, lengths, reverse, unroll)
+  else:
+    carry, ys = _scan(project, recur, params, carry, xs, lengths, reverse, unroll, chunk)
   ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys)
   return ys, carry
+
+
+def _masked_inputs(xs: jax.Array, lengths: jax.Array | None) -> jax.Array:
+  """Zeroes the padding before the input half reads it, so garbage there (inf, nan) cannot
+  reach the valid results or their gradients."""
+  if lengths is None:
+    return xs
+  valid = jnp.arange(xs.shape[0]).reshape((-1,) + (1,) * lengths.ndim) < lengths
+  return jnp.where(_broadcast_to_leaf(valid, xs), xs, 0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 6, 7))
+def _run_kernel(run, project, params, carry, xs, lengths, reverse, unroll):
+  return run(params, carry, project(params, _masked_inputs(xs, lengths)), lengths, reverse,
+             unroll)
 
 
 def _chunk_length(remat: bool | int, num_steps: int) -> int | None:
@@ -94,26 +132,33 @@ def _broadcast_to_leaf(mask: jax.Array, leaf: jax.Array) -> jax.Array:
   return mask.reshape(mask.shape + (1,) * (leaf.ndim - mask.ndim))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
-def _scan(step, params, carry, xs, lengths, reverse, unroll, chunk):
-  # jit with the step as a static argument: eager calls reuse the compiled scan instead of
+@functools.partial(jax.jit, static_argnums=(0, 1, 6, 7, 8))
+def _scan(project, recur, params, carry, xs, lengths, reverse, unroll, chunk):
+  # jit with the halves as static arguments: eager calls reuse the compiled scan instead of
   # re-tracing it every time (inside an outer jit this is simply inlined).
-  num_steps = xs.shape[0]
+  gxs = project(params, _masked_inputs(xs, lengths))
+  return scan_recur(recur, params, carry, gxs, lengths, reverse, unroll, chunk)
+
+
+def scan_recur(recur, params, carry, gxs, lengths=None, reverse=False, unroll=1, chunk=None):
+  """The reference whole-sequence run of a recurrent half: ``lax.scan`` of ``recur`` over
+  the time-major ``gxs``; steps at or past ``lengths`` keep the carry and output zeros;
+  ``chunk``: gradient checkpointing every ``chunk`` steps. Returns ``(carry, ys)``."""
+  num_steps = jax.tree.leaves(gxs)[0].shape[0]
   total = num_steps if chunk is None else -(-num_steps // chunk) * chunk
   limit = lengths
   if total != num_steps:  # pad to whole chunks; padded steps are masked out
-    xs = jnp.concatenate([xs, jnp.zeros((total - num_steps,) + xs.shape[1:], xs.dtype)])
+    gxs = jax.tree.map(
+        lambda g: jnp.concatenate([g, jnp.zeros((total - num_steps,) + g.shape[1:], g.dtype)]),
+        gxs)
     limit = num_steps if lengths is None else lengths
 
   def body(carry, inputs):
-    t, x_t = inputs
+    t, gx_t = inputs
     if limit is None:
-      return step(params, carry, x_t)
+      return recur(params, carry, gx_t)
     valid = jnp.asarray(t < limit)
-    # Zero the padding before the step reads it, so garbage there (inf, nan) cannot reach
-    # the valid results or their gradients.
-    x_t = jnp.where(_broadcast_to_leaf(valid, x_t), x_t, 0)
-    new_carry, y = step(params, carry, x_t)
+    new_carry, y = recur(params, carry, gx_t)
     keep = lambda new, old: jnp.where(_broadcast_to_leaf(valid, new), new, old)
     new_carry = jax.tree.map(keep, new_carry, carry)
     y = jax.tree.map(lambda y: keep(y, jnp.zeros_like(y)), y)
@@ -121,7 +166,7 @@ def _scan(step, params, carry, xs, lengths, reverse, unroll, chunk):
 
   ts = jnp.arange(total)
   if chunk is None:
-    return lax.scan(body, carry, (ts, xs), reverse=reverse, unroll=unroll)
+    return lax.scan(body, carry, (ts, gxs), reverse=reverse, unroll=unroll)
 
   num_chunks = total // chunk
   split = lambda a: a.reshape((num_chunks, chunk) + a.shape[1:])
@@ -130,6 +175,7 @@ def _scan(step, params, carry, xs, lengths, reverse, unroll, chunk):
   def chunk_body(carry, inputs):
     return lax.scan(body, carry, inputs, reverse=reverse, unroll=unroll)
 
-  carry, ys = lax.scan(chunk_body, carry, (split(ts), split(xs)), reverse=reverse)
+  carry, ys = lax.scan(chunk_body, carry, (split(ts), jax.tree.map(split, gxs)),
+                       reverse=reverse)
   ys = jax.tree.map(lambda y: y.reshape((total,) + y.shape[2:])[:num_steps], ys)
   return carry, ys

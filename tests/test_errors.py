@@ -96,7 +96,8 @@ CASES = [
     ("stack-empty", lambda: stack(), ValueError, r"^layers: expected at least one layer"),
     ("stack-not-a-layer", lambda: stack(LSTM, "gru"), TypeError, r"^layers\[1\]: "),
     ("recurrent-not-a-cell", lambda: recurrent("lstm"), TypeError, r"^cell: expected"),
-    ("bidirectional-bw-stack", lambda: bidirectional(LSTM, STACK), ValueError, r"^bw: "),
+    ("bidirectional-bw-dense", lambda: bidirectional(LSTM, jaxseq.nn.Dense(3)), TypeError,
+     r"^bw: expected a sequence layer"),
     ("residual-size-change", lambda: stack(LSTM, jaxseq.gru(H + 1), residual=True).init(KEY, D),
      ValueError, r"^residual: expected layer 1 to keep the feature size 4, got output size 5"),
     # layers: keys

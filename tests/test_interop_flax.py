@@ -137,6 +137,6 @@ def test_conv_lstm_through_unroll_matches_flax_rnn():
   variables = rnn.init(jax.random.PRNGKey(8), xs)
   variables = jax.tree.map(lambda a: a + 0.1, variables)  # non-zero biases
   expected = rnn.apply(variables, xs)
-  cell, params = from_flax(conv, variables["params"]["cell"], spatial_shape=(5, 5))
+  cell, params = from_flax(conv, variables["params"]["cell"])
   ys, _ = unroll(cell, params, xs)
   np.testing.assert_allclose(ys, expected, atol=1e-5)

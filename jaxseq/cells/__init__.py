@@ -1,9 +1,9 @@
 """Recurrent cells: one time step each, as pure functions in a ``Cell`` record."""
-from jaxseq.cells.base import Cell, LSTMState
+from jaxseq.cells.base import Cell, Kernel, LSTMState
 from jaxseq.cells.conv import conv_gru, conv_lstm
 from jaxseq.cells.gru import gru
 from jaxseq.cells.lstm import lstm
 from jaxseq.cells.mgu import mgu
 from jaxseq.cells.simple_rnn import simple_rnn
 
-__all__ = ["Cell", "LSTMState", "conv_gru", "conv_lstm", "gru", "lstm", "mgu", "simple_rnn"]
+__all__ = ["Cell", "Kernel", "LSTMState", "conv_gru", "conv_lstm", "gru", "lstm", "mgu", "simple_rnn"]

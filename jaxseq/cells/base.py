@@ -1,10 +1,13 @@
 """The ``Cell`` record and what every dense cell shares."""
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxseq import _checks
 from jaxseq import initializers
@@ -15,13 +18,16 @@ Initializer = Callable[..., jax.Array]
 
 
 class InitFn(Protocol):
-  def __call__(self, key: jax.Array, input_size: int) -> Params:
-    """Returns fresh parameters for inputs with ``input_size`` features."""
+  def __call__(self, key: jax.Array, input_size: Any) -> Params:
+    """Fresh parameters for one step's input: ``input_size`` features (dense cells; a
+    shape ``(..., D)`` works too) or the shape ``(*spatial, C)`` (conv cells)."""
 
 
-class InitialCarryFn(Protocol):
-  def __call__(self, params: Params, batch_shape: tuple[int, ...] = ()) -> Carry:
-    """Returns the zero carry for inputs with leading ``batch_shape``."""
+class InitializeCarryFn(Protocol):
+  def __call__(self, params: Params, input_shape: tuple[int, ...]) -> Carry:
+    """The zero carry for one step's input of shape ``input_shape`` (batch axes included),
+    Flax's ``initialize_carry`` meaning: ``(*batch, D)`` dense, ``(*batch, *spatial, C)``
+    conv."""
 
 
 class StepFn(Protocol):
@@ -29,21 +35,97 @@ class StepFn(Protocol):
     """One time step: ``x_t`` is ``(*batch_shape, input_size)``; returns ``(carry, y_t)``."""
 
 
+class ProjectFn(Protocol):
+  def __call__(self, params: Params, xs: jax.Array) -> Any:
+    """The input half: ``xs (..., *features)`` with any leading axes (time included) to the
+    per-step inputs of ``recur`` (``x W + b`` for dense cells, a convolution for conv
+    cells), computed for all steps at once."""
+
+
+class RecurFn(Protocol):
+  def __call__(self, params: Params, carry: Carry, gx_t: Any) -> tuple[Carry, jax.Array]:
+    """The recurrent half: one step from the carry and ``project``'s output at that step."""
+
+
+class Kernel(NamedTuple):
+  """A whole-sequence implementation of a cell's recurrent half (the kernel plug-in point).
+
+  Attributes:
+    recur: the recurrent half this kernel implements. ``unroll`` runs the kernel only when
+      it is the cell's own ``recur`` (the same function object), so a wrapper that changes
+      the recurrence (recurrent dropout, gradient-flow perturbations) and so replaces
+      ``recur`` can never be skipped by a fast path: without a kernel of its own, bound to
+      its own ``recur``, it falls back to the ``lax.scan`` of ``recur``.
+    run: ``run(params, carry, gxs, lengths, reverse, unroll) -> (carry, ys)`` over the
+      time-major ``gxs`` (``project``'s output), with ``unroll``'s semantics for ``lengths``
+      (masked steps keep the carry and output zeros) and ``reverse``.
+  """
+  recur: Callable[..., Any]
+  run: Callable[..., Any]
+
+
 class Cell(NamedTuple):
   """One recurrent time step as pure functions (the optax ``GradientTransformation`` pattern).
 
   Attributes:
-    init: ``init(key, input_size) -> params``, a plain dict of arrays.
-    initial_carry: ``initial_carry(params, batch_shape) -> carry`` (zeros).
-    step: ``step(params, carry, x_t) -> (carry, y_t)``.
-    spec: static description of the cell (``name``, ``hidden_size``, ``output_size``, the
-      factory's options, ``feature_ndim``: the rank of one step's input without batch axes).
-      Used for error messages and weight interop; ``None`` for hand-made cells.
+    init: ``init(key, input_size) -> params``, a plain dict of arrays (conv cells take the
+      input shape ``(*spatial, C)``, or the channels ``C`` when no parameter depends on the
+      frame size).
+    initialize_carry: ``initialize_carry(params, input_shape) -> carry`` (zeros), with
+      ``input_shape`` one step's input shape including batch axes (Flax's meaning).
+    step: ``step(params, carry, x_t) -> (carry, y_t)``; equals
+      ``recur(params, carry, project(params, x_t))`` when the cell has both halves.
+    spec: a typed description of the cell (``jaxseq.specs``), ``None`` for hand-made cells.
+    project: the input half ``project(params, xs)`` for all steps at once (one GEMM or
+      convolution over T·B), or ``None``: a hand-made cell giving only ``step`` (``unroll``
+      then scans ``step`` itself).
+    recur: the recurrent half ``recur(params, carry, gx_t) -> (carry, y_t)``, or ``None``.
+    kernel: an optional whole-sequence ``Kernel`` for ``recur``.
   """
   init: InitFn
-  initial_carry: InitialCarryFn
+  initialize_carry: InitializeCarryFn
   step: StepFn
-  spec: Optional[Mapping[str, Any]] = None
+  spec: Any = None
+  project: Optional[ProjectFn] = None
+  recur: Optional[RecurFn] = None
+  kernel: Optional[Kernel] = None
+
+  def initial_carry(self, params: Params, batch_shape: tuple[int, ...] = ()) -> Carry:
+    """Deprecated: ``initialize_carry(params, input_shape)``. The zero carry of a dense
+    cell for inputs with leading ``batch_shape``."""
+    warnings.warn("Cell.initial_carry(params, batch_shape) is deprecated; use "
+                  "cell.initialize_carry(params, x_t.shape) (one step's input shape, batch "
+                  "axes included)", DeprecationWarning, stacklevel=2)
+    if getattr(self.spec, "feature_ndim", 1) != 1:
+      _checks.fail("batch_shape", "initialize_carry(params, input_shape) for a "
+                   "convolutional cell (its carry's frame size comes from the input)",
+                   "initial_carry(params, batch_shape)", TypeError)
+    w_ih = params.get("w_ih") if isinstance(params, Mapping) else None
+    size = w_ih.shape[0] if hasattr(w_ih, "shape") else 1
+    return self.initialize_carry(params, tuple(batch_shape) + (size,))
+
+
+def halves(cell: Cell) -> tuple[Callable[..., Any], Callable[..., Any]]:
+  """``(project, recur)`` of a cell; a step-only cell's are the identity and its ``step``."""
+  if cell.project is None or cell.recur is None:
+    return _identity_project, cell.step
+  return cell.project, cell.recur
+
+
+def _identity_project(params: Params, xs: Any) -> Any:
+  del params
+  return xs
+
+
+def split_cell(init: InitFn, initialize_carry: InitializeCarryFn, project: ProjectFn,
+               recur: RecurFn, spec: Any,
+               check: Callable[[Params, Carry, jax.Array], None] | None = None) -> Cell:
+  """A ``Cell`` from its halves; ``step`` checks its inputs (``check``) then composes them."""
+  def step(params: Params, carry: Carry, x_t: jax.Array):
+    if check is not None:
+      check(params, carry, x_t)
+    return recur(params, carry, project(params, x_t))
+  return Cell(init, initialize_carry, step, spec, project, recur)
 
 
 class LSTMState(NamedTuple):
@@ -59,15 +141,16 @@ def gate_blocks(init: Initializer, key: jax.Array, rows: int, hidden_size: int,
   return jnp.concatenate([init(k, (rows, hidden_size), dtype) for k in keys], axis=-1)
 
 
-def dense_params(key: jax.Array, input_size: int, hidden_size: int, num_gates: int, *,
+def dense_params(key: jax.Array, input_size: Any, hidden_size: int, num_gates: int, *,
                  kernel_init: Initializer, recurrent_init: Initializer,
                  bias_init: Initializer, use_bias: bool, param_dtype,
                  recurrent_size: int | None = None, hidden_bias: bool = False) -> dict:
   """The params every dense cell has: ``w_ih (D, G*H)``, ``w_hh (H', G*H)``, ``b (G*H,)``.
 
-  ``hidden_bias`` adds ``b_hn (H,)``, the bias inside a reset-after gate's product.
+  ``input_size`` is ``D`` or a step's input shape ``(..., D)``. ``hidden_bias`` adds
+  ``b_hn (H,)``, the bias inside a reset-after gate's product.
   """
-  input_size = _checks.positive_int("input_size", input_size)
+  input_size = dense_input_size(input_size)
   k_ih, k_hh, k_b, k_bn = jax.random.split(key, 4)
   params = {"w_ih": gate_blocks(kernel_init, k_ih, input_size, hidden_size, num_gates,
                                 param_dtype),
@@ -80,9 +163,40 @@ def dense_params(key: jax.Array, input_size: int, hidden_size: int, num_gates: i
   return params
 
 
+def dense_input_size(input_size: Any) -> int:
+  """``D`` from an int or from a step's input shape ``(..., D)``."""
+  if isinstance(input_size, (tuple, list)) and input_size:
+    input_size = input_size[-1]
+  return _checks.positive_int("input_size", input_size)
+
+
 def default_inits(hidden_size: int, kernel_init, recurrent_init, bias_init):
+  for argument, fn in (("kernel_init", kernel_init), ("recurrent_init", recurrent_init),
+                       ("bias_init", bias_init)):
+    check_callable(argument, fn, optional=True)
   default = initializers.torch_default(hidden_size)
   return kernel_init or default, recurrent_init or default, bias_init or default
+
+
+def check_callable(argument: str, fn: Any, *, optional: bool = False) -> None:
+  """Factory options that are functions (activations, initializers) fail at build time."""
+  if fn is None and optional:
+    return
+  if not callable(fn):
+    _checks.fail(argument, "a callable" + (" or None" if optional else "")
+                 + (" (a function such as jax.nn.sigmoid, not its name)"
+                    if isinstance(fn, str) else ""), repr(fn), TypeError)
+
+
+def check_number(argument: str, value: Any, *, optional: bool = True) -> float | None:
+  """A finite real number option (``forget_bias``); ``None`` passes when optional."""
+  if value is None and optional:
+    return None
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    _checks.fail(argument, "a finite real number", repr(value), TypeError)
+  if not math.isfinite(value):
+    _checks.fail(argument, "a finite real number", repr(value))
+  return float(value)
 
 
 def check_input(name: str, w_ih: jax.Array, x_t: Any) -> None:
@@ -94,6 +208,35 @@ def check_input(name: str, w_ih: jax.Array, x_t: Any) -> None:
                  f"shape {tuple(x_t.shape)}")
   if not jnp.issubdtype(x_t.dtype, jnp.floating):
     _checks.fail("x_t", "a floating-point array", f"dtype {x_t.dtype}", TypeError)
+
+
+def check_carry(name: str, initialize_carry: InitializeCarryFn, params: Params, carry: Any,
+                x_t: jax.Array) -> None:
+  """A step's carry must have exactly the zero carry's structure and shapes for ``x_t``:
+  broadcasting a carry of another batch shape would silently give a wrong answer."""
+  expected = jax.eval_shape(lambda p: initialize_carry(p, tuple(x_t.shape)), params)
+  got_shapes = jax.tree.map(lambda a: tuple(np.shape(a)), carry)
+  want_shapes = jax.tree.map(lambda a: tuple(a.shape), expected)
+  if (jax.tree.structure(carry) != jax.tree.structure(expected) or got_shapes != want_shapes):
+    _checks.fail("carry", f"the {name} carry for x_t of shape {tuple(x_t.shape)}, shaped "
+                 f"{_checks.describe(expected)}", _checks.describe(carry))
+
+
+def dense_check(name: str, initialize_carry: InitializeCarryFn):
+  """``split_cell``'s ``check`` for dense cells: the input, then the carry."""
+  def check(params: Params, carry: Carry, x_t: jax.Array) -> None:
+    check_input(name, params["w_ih"], x_t)
+    check_carry(name, initialize_carry, params, carry, x_t)
+  return check
+
+
+def dense_project(dtype):
+  """The dense input half ``x W_ih + b`` (all gates), over any leading axes."""
+  def project(params: Params, xs: jax.Array) -> jax.Array:
+    xs, w_ih, b = cast(dtype, xs, params["w_ih"], params.get("b"))
+    gx = xs @ w_ih
+    return gx if b is None else gx + b
+  return project
 
 
 def cast(dtype, *arrays):
@@ -119,7 +262,8 @@ def common_options(hidden_size: int, use_bias: bool, dtype, param_dtype) -> int:
 
 
 def zeros_carry(hidden_size: int, dtype):
-  """``initial_carry`` for cells whose carry is one ``(*batch, H)`` array."""
-  def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> jax.Array:
-    return jnp.zeros(tuple(batch_shape) + (hidden_size,), dtype or params["w_hh"].dtype)
-  return initial_carry
+  """``initialize_carry`` for cells whose carry is one ``(*batch, H)`` array."""
+  def initialize_carry(params: Params, input_shape: tuple[int, ...]) -> jax.Array:
+    batch_shape = tuple(input_shape)[:-1]
+    return jnp.zeros(batch_shape + (hidden_size,), dtype or params["w_hh"].dtype)
+  return initialize_carry

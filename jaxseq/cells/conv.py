@@ -6,14 +6,13 @@ Flax and ``jax.lax`` with ``"NHWC"``). Kernels are ``(*kernel_size, in, out)`` (
 blocks concatenated along ``out`` as in the dense cells. The length of ``kernel_size`` gives
 the number of spatial axes (1-D sequences of signals, 2-D video frames, 3-D volumes).
 
-Spatial shape. A ``Cell``'s ``init`` only sees the number of input channels and
-``initial_carry`` only the batch axes, yet the state is a feature map ``(*batch, *spatial,
-F)``. The frame size is therefore a factory argument, ``spatial_shape``: it fixes the shape
-of the zero carry and of Shi et al.'s peephole weights, which are Hadamard products with
-the cell state and so have one weight per position and channel. A cell built without
-``spatial_shape`` has no peepholes and its ``step`` takes frames of any size (convolutions
-do not care) from a carry you build, but it has no zero carry, which ``unroll`` needs (to
-start from or to check a given carry against).
+Frame size. Convolutions keep the spatial size and do not care what it is, so the frame
+size comes from the input: ``initialize_carry(params, x_t.shape)`` builds a zero state of
+``x_t``'s batch and spatial shape, and ``unroll`` does so from ``xs``. Only Shi et al.'s
+peephole weights, Hadamard products with the cell state and so one weight per position and
+channel, fix a frame size: ``init(key, (*spatial, C))`` takes it from the input shape. A
+cell without peepholes takes ``init(key, C)`` (or a shape) and runs on frames of any size
+with the same params.
 """
 from __future__ import annotations
 
@@ -27,8 +26,11 @@ from jax import lax
 
 from jaxseq import _checks
 from jaxseq import initializers
-from jaxseq.cells.base import Cell, Initializer, LSTMState, cast, common_options
+from jaxseq import specs
+from jaxseq.cells.base import (Cell, Initializer, LSTMState, cast, check_callable,
+                               check_carry, check_number, common_options, split_cell)
 from jaxseq.cells.gru import gru_update
+from jaxseq.cells.lstm import PEEPHOLES, lstm_update
 
 Activation = Callable[[jax.Array], jax.Array]
 PADDINGS = ("SAME", "CIRCULAR")
@@ -110,9 +112,8 @@ def _valid_conv_patch_grad_jvp(primals, tangents):
                                   + jax.checkpoint(_valid_conv_patches)(x, dkernel))
 
 
-def _conv_options(features, kernel_size, spatial_shape, padding, use_bias, dtype,
-                  param_dtype):
-  """Validates the options the conv cells share; returns ``(F, kernel_size, spatial_shape)``."""
+def _conv_options(features, kernel_size, padding, use_bias, dtype, param_dtype):
+  """Validates the options the conv cells share; returns ``(F, kernel_size)``."""
   features = _checks.positive_int("features", features)
   common_options(features, use_bias, dtype, param_dtype)
   expected = "a tuple of positive ints, one per spatial axis, e.g. (3, 3)"
@@ -121,16 +122,8 @@ def _conv_options(features, kernel_size, spatial_shape, padding, use_bias, dtype
   if not kernel_size:
     _checks.fail("kernel_size", expected, repr(kernel_size))
   kernel_size = tuple(_checks.positive_int("kernel_size", k) for k in kernel_size)
-  if spatial_shape is not None:
-    expected = f"None or {len(kernel_size)} positive ints (one per axis of kernel_size)"
-    if not isinstance(spatial_shape, Sequence) or isinstance(spatial_shape, str):
-      _checks.fail("spatial_shape", expected, repr(spatial_shape), TypeError)
-    if len(spatial_shape) != len(kernel_size):
-      _checks.fail("spatial_shape", f"{expected} for kernel_size={kernel_size}",
-                   repr(spatial_shape))
-    spatial_shape = tuple(_checks.positive_int("spatial_shape", s) for s in spatial_shape)
   _checks.choice("padding", padding, PADDINGS)
-  return features, kernel_size, spatial_shape
+  return features, kernel_size
 
 
 def _kernel(init: Initializer, key: jax.Array, kernel_size: tuple[int, ...], rows: int,
@@ -141,15 +134,34 @@ def _kernel(init: Initializer, key: jax.Array, kernel_size: tuple[int, ...], row
                          axis=-1)
 
 
-def _zero_carry_shape(name: str, spatial_shape, batch_shape, features):
-  if spatial_shape is None:
-    _checks.fail("spatial_shape", f"the frame size given to {name}(..., spatial_shape=...) "
-                 "to build or check a carry of shape (*batch, *spatial, features)", None)
-  return tuple(batch_shape) + spatial_shape + (features,)
+def _input_shape(name: str, input_shape, nd: int, *, need_frame: bool):
+  """``(channels, frame)`` from ``init``'s input: ``C`` or a shape ``(..., *spatial, C)``."""
+  expected = (f"one step's input shape (*spatial ({nd} axes), channels)" +
+              ("" if need_frame else ", or the number of channels"))
+  if isinstance(input_shape, (tuple, list)):
+    if len(input_shape) < (nd + 1 if need_frame else 1):
+      _checks.fail("input_shape", expected + (f" ({name} with peephole=True has one "
+                   "peephole weight per position)" if need_frame else ""), repr(input_shape))
+    channels = _checks.positive_int("input_shape", input_shape[-1])
+    frame = tuple(_checks.positive_int("input_shape", s) for s in input_shape[-nd - 1:-1])
+    return channels, frame if len(frame) == nd else None
+  if need_frame:
+    _checks.fail("input_shape", expected + f" ({name} with peephole=True has one peephole "
+                 "weight per position and channel of the state)", repr(input_shape))
+  return _checks.positive_int("input_size", input_shape), None
 
 
-def _check_step(name: str, w_ih: jax.Array, features: int, spatial_shape, x_t, h) -> None:
-  """Cheap per-step checks of a step input and the carry's state against the params."""
+def _frame_carry_shape(name: str, nd: int, features: int, input_shape) -> tuple[int, ...]:
+  input_shape = tuple(input_shape)
+  if len(input_shape) < nd + 1:
+    _checks.fail("input_shape", f"one step's input shape (*batch, *spatial ({nd} axes), "
+                 f"channels) for {name}", repr(input_shape))
+  return input_shape[:-1] + (features,)
+
+
+def _check_step(name: str, params: dict, x_t, carry, initialize_carry) -> None:
+  """Cheap per-step checks of a step input and the carry against the params."""
+  w_ih = params["w_ih"]
   nd = w_ih.ndim - 2
   expected = f"an array of shape (*batch, *spatial ({nd} axes), channels)"
   if not hasattr(x_t, "shape") or not hasattr(x_t, "dtype"):
@@ -161,16 +173,31 @@ def _check_step(name: str, w_ih: jax.Array, features: int, spatial_shape, x_t, h
                  f"shape {tuple(x_t.shape)}")
   if not jnp.issubdtype(x_t.dtype, jnp.floating):
     _checks.fail("x_t", "a floating-point array", f"dtype {x_t.dtype}", TypeError)
-  if spatial_shape is not None and tuple(x_t.shape[-nd - 1:-1]) != spatial_shape:
-    _checks.fail("x_t", f"spatial shape {spatial_shape} (the spatial_shape of this {name})",
-                 f"shape {tuple(x_t.shape)}")
-  if tuple(h.shape) != tuple(x_t.shape[:-1]) + (features,):
-    _checks.fail("carry", f"a state of shape {tuple(x_t.shape[:-1]) + (features,)} "
-                 f"(x_t's leading axes and {features} features)", f"shape {tuple(h.shape)}")
+  _check_frame(name, params, x_t.shape)
+  check_carry(name, initialize_carry, params, carry, x_t)
+
+
+def _check_frame(name: str, params: dict, input_shape) -> None:
+  """Peephole weights fix the frame size: inputs of another size fail here."""
+  if "p_o" in params:
+    frame = tuple(params["p_o"].shape[:-1])
+    nd = len(frame)
+    if tuple(input_shape[-nd - 1:-1]) != frame:
+      _checks.fail("x_t", f"frames of spatial shape {frame} (the size of these {name} "
+                   "params' peephole weights)", f"shape {tuple(input_shape)}")
+
+
+def _conv_project(dtype, padding):
+  """The conv input half ``W_x * x + b`` over any leading axes (time and batch together)."""
+  def project(params: dict, xs: jax.Array) -> jax.Array:
+    xs, w_ih, b = cast(dtype, xs, params["w_ih"], params.get("b"))
+    gx = conv(xs, w_ih, padding)
+    return gx if b is None else gx + b
+  return project
 
 
 def conv_lstm(features: int, kernel_size: Sequence[int], *,
-              spatial_shape: Sequence[int] | None = None, peephole: bool = True,
+              peephole: bool = True,
               padding: str = "SAME", gate_fn: Activation = jax.nn.sigmoid,
               cell_fn: Activation = jnp.tanh, hidden_fn: Activation = jnp.tanh,
               use_bias: bool = True, kernel_init: Initializer | None = None,
@@ -193,15 +220,14 @@ def conv_lstm(features: int, kernel_size: Sequence[int], *,
 
   Peepholes (``peephole=True``, the paper's model) are the bracketed Hadamard terms: as in
   Shi et al. the weights ``W_{ci}, W_{cf}, W_{co}`` have the shape of the state,
-  ``(*spatial_shape, F)``, one weight per position and channel, so they need
-  ``spatial_shape``. ``peephole=False`` is the ConvLSTM of Flax and Keras.
+  ``(*spatial, F)``, one weight per position and channel, so their frame size comes from
+  ``init(key, (*spatial, C))``. ``peephole=False`` is the ConvLSTM of Flax and Keras; its
+  params run on frames of any size.
 
   Args:
     features: ``F``, the channels of ``h`` and ``c``.
     kernel_size: ``(k_1, ..., k_n)``; ``n`` (1, 2, 3, ...) is the number of spatial axes.
       The same size is used on the input and the hidden side.
-    spatial_shape: ``(s_1, ..., s_n)``, the frame size. Needed for peepholes and for
-      ``initial_carry``, hence for ``unroll``; steps check it.
     peephole: add Shi et al.'s peephole terms.
     padding: ``"SAME"`` (zero padding) or ``"CIRCULAR"`` (periodic boundaries).
     gate_fn, cell_fn, hidden_fn: the activations ``\sigma``, ``\phi_c``, ``\phi_h``.
@@ -219,33 +245,32 @@ def conv_lstm(features: int, kernel_size: Sequence[int], *,
   Returns:
     A ``Cell``. Params (gates in jaxseq's order ``i, f, g, o``): ``w_ih (*kernel_size, C,
     4F)``, ``w_hh (*kernel_size, F, 4F)``, ``b (4F,)``; peephole adds ``p_i, p_f, p_o
-    (*spatial_shape, F)``. Inputs ``x_t`` are ``(*batch, *spatial, C)``; the carry is
+    (*spatial, F)``. Inputs ``x_t`` are ``(*batch, *spatial, C)``; the carry is
     ``LSTMState(h, c)``, both ``(*batch, *spatial, F)``; the output is ``y_t = h_t``.
   """
-  F, kernel_size, spatial_shape = _conv_options(features, kernel_size, spatial_shape,
-                                                padding, use_bias, dtype, param_dtype)
+  F, kernel_size = _conv_options(features, kernel_size, padding, use_bias, dtype, param_dtype)
   if not isinstance(peephole, bool):
     _checks.fail("peephole", "a bool", repr(peephole), TypeError)
-  if peephole and spatial_shape is None:
-    _checks.fail("spatial_shape", "the frame size for peephole=True (Shi et al.'s peephole "
-                 "weights have one entry per position and channel of the state), or "
-                 "peephole=False", None)
   for argument, fn in (("gate_fn", gate_fn), ("cell_fn", cell_fn), ("hidden_fn", hidden_fn)):
-    if not callable(fn):
-      _checks.fail(argument, "a callable", repr(fn), TypeError)
+    check_callable(argument, fn)
+  for argument, fn in (("kernel_init", kernel_init), ("recurrent_init", recurrent_init),
+                       ("bias_init", bias_init), ("peephole_init", peephole_init)):
+    check_callable(argument, fn, optional=True)
+  forget_bias = check_number("forget_bias", forget_bias)
   if not use_bias and forget_bias is not None:
     _checks.fail("forget_bias", "None when use_bias=False (there is no b_f)", forget_bias)
-  forget_offset = float(forget_offset)
+  forget_offset = check_number("forget_offset", forget_offset, optional=False)
   kernel_init = kernel_init or fan_in_uniform()
   recurrent_init = recurrent_init or fan_in_uniform()
   bias_init = bias_init or initializers.zeros
   peephole_init = peephole_init or initializers.zeros
   state_dtype = None if dtype is None else jnp.promote_types(dtype, jnp.float32)
+  nd = len(kernel_size)
 
-  def init(key: jax.Array, input_size: int) -> dict:
-    input_size = _checks.positive_int("input_size", input_size)
+  def init(key: jax.Array, input_shape) -> dict:
+    channels, frame = _input_shape("conv_lstm", input_shape, nd, need_frame=peephole)
     k_ih, k_hh, k_b, k_p = jax.random.split(key, 4)
-    params = {"w_ih": _kernel(kernel_init, k_ih, kernel_size, input_size, F, 4, param_dtype),
+    params = {"w_ih": _kernel(kernel_init, k_ih, kernel_size, channels, F, 4, param_dtype),
               "w_hh": _kernel(recurrent_init, k_hh, kernel_size, F, F, 4, param_dtype)}
     if use_bias:
       b = bias_init(k_b, (4 * F,), param_dtype)
@@ -253,48 +278,40 @@ def conv_lstm(features: int, kernel_size: Sequence[int], *,
         b = b.at[F:2 * F].set(forget_bias)
       params["b"] = b
     if peephole:
-      for name, k in zip(("p_i", "p_f", "p_o"), jax.random.split(k_p, 3)):
-        params[name] = peephole_init(k, spatial_shape + (F,), param_dtype)
+      for name, k in zip(PEEPHOLES, jax.random.split(k_p, 3)):
+        params[name] = peephole_init(k, frame + (F,), param_dtype)
     return params
 
-  def initial_carry(params: dict, batch_shape: tuple[int, ...] = ()) -> LSTMState:
-    shape = _zero_carry_shape("conv_lstm", spatial_shape, batch_shape, F)
+  def initialize_carry(params: dict, input_shape) -> LSTMState:
+    shape = _frame_carry_shape("conv_lstm", nd, F, input_shape)
     h_dtype = dtype or params["w_hh"].dtype
     return LSTMState(h=jnp.zeros(shape, h_dtype), c=jnp.zeros(shape, state_dtype or h_dtype))
 
-  def step(params: dict, carry: LSTMState, x_t: jax.Array):
+  def recur(params: dict, carry: LSTMState, gx: jax.Array):
     h, c = carry
-    _check_step("conv_lstm", params["w_ih"], F, spatial_shape, x_t, h)
-    x_t, h, w_ih, w_hh, b = cast(dtype, x_t, h, params["w_ih"], params["w_hh"],
-                                 params.get("b"))
-    # One convolution of [x_t, h_{t-1}] with [W_x; W_h] is W_x * x_t + W_h * h_{t-1}.
-    z = conv(jnp.concatenate([x_t, h.astype(x_t.dtype)], axis=-1),
-             jnp.concatenate([w_ih, w_hh], axis=-2), padding)
-    if b is not None:
-      z = z + b
-    z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
+    h, w_hh = cast(dtype, h, params["w_hh"])
+    peepholes = None
     if peephole:
-      p_i, p_f, p_o = cast(dtype, params["p_i"], params["p_f"], params["p_o"])
-      z_i = z_i + p_i * c
-      z_f = z_f + p_f * c
-    i = gate_fn(z_i)
-    f = gate_fn(z_f + forget_offset if forget_offset else z_f)
-    g = cell_fn(z_g)
-    c = f.astype(c.dtype) * c + (i * g).astype(c.dtype)
-    o = gate_fn(z_o + p_o * c if peephole else z_o)
-    (h,) = cast(dtype, o * hidden_fn(c))
+      peepholes = dict(zip(PEEPHOLES, cast(dtype, *(params[n] for n in PEEPHOLES))))
+    h, c = lstm_update(gx, LSTMState(h, c), w_hh, lambda v, w: conv(v, w, padding),
+                       gates="ifgo", peepholes=peepholes, gate_fn=gate_fn, cell_fn=cell_fn,
+                       hidden_fn=hidden_fn, forget_offset=forget_offset)
+    (h,) = cast(dtype, h)
     return LSTMState(h, c), h
 
-  spec = dict(name="conv_lstm", hidden_size=F, output_size=F, features=F,
-              kernel_size=kernel_size, spatial_shape=spatial_shape, peephole=peephole,
-              padding=padding, gate_fn=gate_fn, cell_fn=cell_fn, hidden_fn=hidden_fn,
-              use_bias=use_bias, forget_offset=forget_offset,
-              feature_ndim=len(kernel_size) + 1)
-  return Cell(init, initial_carry, step, spec)
+  def check(params, carry, x_t):
+    _check_step("conv_lstm", params, x_t, carry, initialize_carry)
+
+  spec = specs.ConvLSTMSpec(hidden_size=F, output_size=F, features=F,
+                            kernel_size=kernel_size, peephole=peephole, padding=padding,
+                            gate_fn=gate_fn, cell_fn=cell_fn, hidden_fn=hidden_fn,
+                            use_bias=use_bias, forget_offset=forget_offset,
+                            feature_ndim=nd + 1)
+  return split_cell(init, initialize_carry, _conv_project(dtype, padding), recur, spec, check)
 
 
 def conv_gru(features: int, kernel_size: Sequence[int], *,
-             spatial_shape: Sequence[int] | None = None, reset_after: bool = False,
+             reset_after: bool = False,
              padding: str = "SAME", gate_fn: Activation = jax.nn.sigmoid,
              activation: Activation = jnp.tanh, use_bias: bool = True,
              kernel_init: Initializer | None = None, recurrent_init: Initializer | None = None,
@@ -318,8 +335,6 @@ def conv_gru(features: int, kernel_size: Sequence[int], *,
   Args:
     features: ``F``, the channels of ``h``.
     kernel_size: ``(k_1, ..., k_n)``; ``n`` is the number of spatial axes.
-    spatial_shape: ``(s_1, ..., s_n)``, the frame size, needed for ``initial_carry``,
-      hence for ``unroll``; steps check it.
     reset_after: where the reset gate acts (above).
     padding: ``"SAME"`` (zero padding) or ``"CIRCULAR"`` (periodic boundaries).
     gate_fn, activation: ``\sigma`` and the candidate's ``\tanh``.
@@ -334,21 +349,23 @@ def conv_gru(features: int, kernel_size: Sequence[int], *,
     (*kernel_size, F, 3F)``, ``b (3F,)``; reset-after adds ``b_hn (F,)``. The carry and the
     output are ``h_t``, ``(*batch, *spatial, F)``.
   """
-  F, kernel_size, spatial_shape = _conv_options(features, kernel_size, spatial_shape,
-                                                padding, use_bias, dtype, param_dtype)
+  F, kernel_size = _conv_options(features, kernel_size, padding, use_bias, dtype, param_dtype)
   if not isinstance(reset_after, bool):
     _checks.fail("reset_after", "a bool", repr(reset_after), TypeError)
   for argument, fn in (("gate_fn", gate_fn), ("activation", activation)):
-    if not callable(fn):
-      _checks.fail(argument, "a callable", repr(fn), TypeError)
+    check_callable(argument, fn)
+  for argument, fn in (("kernel_init", kernel_init), ("recurrent_init", recurrent_init),
+                       ("bias_init", bias_init)):
+    check_callable(argument, fn, optional=True)
   kernel_init = kernel_init or fan_in_uniform()
   recurrent_init = recurrent_init or fan_in_uniform()
   bias_init = bias_init or initializers.zeros
+  nd = len(kernel_size)
 
-  def init(key: jax.Array, input_size: int) -> dict:
-    input_size = _checks.positive_int("input_size", input_size)
+  def init(key: jax.Array, input_shape) -> dict:
+    channels, _ = _input_shape("conv_gru", input_shape, nd, need_frame=False)
     k_ih, k_hh, k_b, k_bn = jax.random.split(key, 4)
-    params = {"w_ih": _kernel(kernel_init, k_ih, kernel_size, input_size, F, 3, param_dtype),
+    params = {"w_ih": _kernel(kernel_init, k_ih, kernel_size, channels, F, 3, param_dtype),
               "w_hh": _kernel(recurrent_init, k_hh, kernel_size, F, F, 3, param_dtype)}
     if use_bias:
       params["b"] = bias_init(k_b, (3 * F,), param_dtype)
@@ -356,23 +373,21 @@ def conv_gru(features: int, kernel_size: Sequence[int], *,
         params["b_hn"] = bias_init(k_bn, (F,), param_dtype)
     return params
 
-  def initial_carry(params: dict, batch_shape: tuple[int, ...] = ()) -> jax.Array:
-    shape = _zero_carry_shape("conv_gru", spatial_shape, batch_shape, F)
+  def initialize_carry(params: dict, input_shape) -> jax.Array:
+    shape = _frame_carry_shape("conv_gru", nd, F, input_shape)
     return jnp.zeros(shape, dtype or params["w_hh"].dtype)
 
-  def step(params: dict, h: jax.Array, x_t: jax.Array):
-    _check_step("conv_gru", params["w_ih"], F, spatial_shape, x_t, h)
-    x_t, h, w_ih, w_hh, b, b_hn = cast(dtype, x_t, h, params["w_ih"], params["w_hh"],
-                                       params.get("b"), params.get("b_hn"))
-    gx = conv(x_t, w_ih, padding)
-    if b is not None:
-      gx = gx + b
+  def recur(params: dict, h: jax.Array, gx: jax.Array):
+    h, w_hh, b_hn = cast(dtype, h, params["w_hh"], params.get("b_hn"))
     h = gru_update(gx, h, w_hh, b_hn, lambda v, w: conv(v, w, padding),
                    reset_after=reset_after, gate_fn=gate_fn, activation=activation)
     return h, h
 
-  spec = dict(name="conv_gru", hidden_size=F, output_size=F, features=F,
-              kernel_size=kernel_size, spatial_shape=spatial_shape, reset_after=reset_after,
-              padding=padding, gate_fn=gate_fn, activation=activation, use_bias=use_bias,
-              feature_ndim=len(kernel_size) + 1)
-  return Cell(init, initial_carry, step, spec)
+  def check(params, carry, x_t):
+    _check_step("conv_gru", params, x_t, carry, initialize_carry)
+
+  spec = specs.ConvGRUSpec(hidden_size=F, output_size=F, features=F,
+                           kernel_size=kernel_size, reset_after=reset_after, padding=padding,
+                           gate_fn=gate_fn, activation=activation, use_bias=use_bias,
+                           feature_ndim=nd + 1)
+  return split_cell(init, initialize_carry, _conv_project(dtype, padding), recur, spec, check)

@@ -8,10 +8,40 @@ import jax.numpy as jnp
 
 from jaxseq import _checks
 from jaxseq import initializers
-from jaxseq.cells.base import (Cell, Initializer, LSTMState, cast, check_input,
-                               common_options, default_inits, dense_params)
+from jaxseq import specs
+from jaxseq.cells.base import (Cell, Initializer, LSTMState, cast, check_callable,
+                               check_number, common_options, default_inits, dense_check,
+                               dense_params, dense_project, split_cell)
 
 Activation = Callable[[jax.Array], jax.Array]
+PEEPHOLES = ("p_i", "p_f", "p_o")
+
+
+def lstm_update(gx: jax.Array, carry: LSTMState, w_hh: jax.Array,
+                recurrent: Callable[[jax.Array, jax.Array], jax.Array], *, gates: str,
+                peepholes: dict | None, gate_fn: Activation, cell_fn: Activation,
+                hidden_fn: Activation, forget_offset: float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """The LSTM equations (see ``lstm``) from the input half ``gx = x_t W + b`` (gate blocks
+  ``gates``, ``"ifgo"`` or coupled ``"fgo"``, on the last axis) and ``recurrent(h, w)``, the
+  recurrent linear map: a matmul for ``lstm``, a convolution for ``conv_lstm``.
+
+  ``peepholes`` holds ``p_i`` (unless coupled), ``p_f``, ``p_o`` or is ``None``;
+  ``forget_offset`` is a constant added inside the forget gate. The cell state keeps its
+  dtype (float32 under bfloat16 compute). Returns ``(o_t * hidden_fn(c_t), c_t)``.
+  """
+  h, c = carry
+  z = gx + recurrent(h, w_hh)
+  pre = dict(zip(gates, jnp.split(z, len(gates), axis=-1)))
+  if peepholes is not None:
+    if "i" in pre:
+      pre["i"] = pre["i"] + peepholes["p_i"] * c
+    pre["f"] = pre["f"] + peepholes["p_f"] * c
+  f = gate_fn(pre["f"] + forget_offset if forget_offset else pre["f"])
+  i = gate_fn(pre["i"]) if "i" in pre else 1.0 - f
+  g = cell_fn(pre["g"])
+  c = f.astype(c.dtype) * c + (i * g).astype(c.dtype)
+  o = gate_fn(pre["o"] + peepholes["p_o"] * c if peepholes is not None else pre["o"])
+  return o * hidden_fn(c), c
 
 
 def lstm(hidden_size: int, *, peephole: bool = False, coupled: bool = False,
@@ -61,8 +91,11 @@ def lstm(hidden_size: int, *, peephole: bool = False, coupled: bool = False,
     if not isinstance(value, bool):
       _checks.fail(argument, "a bool", repr(value), TypeError)
   for argument, fn in (("gate_fn", gate_fn), ("cell_fn", cell_fn), ("hidden_fn", hidden_fn)):
-    if not callable(fn):
-      _checks.fail(argument, "a callable", repr(fn), TypeError)
+    check_callable(argument, fn)
+  check_callable("peephole_init", peephole_init, optional=True)
+  forget_bias = check_number("forget_bias", forget_bias)
+  if chrono_t_max is not None:
+    chrono_t_max = check_number("chrono_t_max", chrono_t_max)
   if forget_bias is not None and chrono_t_max is not None:
     raise ValueError("forget_bias, chrono_t_max: expected at most one of them, got both")
   if chrono_t_max is not None and not chrono_t_max > 2:
@@ -104,38 +137,28 @@ def lstm(hidden_size: int, *, peephole: bool = False, coupled: bool = False,
       params["w_hr"] = kernel_init(k_r, (H, proj_size), param_dtype)
     return params
 
-  def initial_carry(params: dict, batch_shape: tuple[int, ...] = ()) -> LSTMState:
-    batch_shape = tuple(batch_shape)
+  def initialize_carry(params: dict, input_shape: tuple[int, ...]) -> LSTMState:
+    batch_shape = tuple(input_shape)[:-1]
     h_dtype = dtype or params["w_hh"].dtype
     return LSTMState(h=jnp.zeros(batch_shape + (out_size,), h_dtype),
                      c=jnp.zeros(batch_shape + (H,), state_dtype or h_dtype))
 
-  def step(params: dict, carry: LSTMState, x_t: jax.Array):
-    check_input("lstm", params["w_ih"], x_t)
+  def recur(params: dict, carry: LSTMState, gx: jax.Array):
     h, c = carry
-    x_t, h, w_ih, w_hh, b = cast(dtype, x_t, h, params["w_ih"], params["w_hh"],
-                                 params.get("b"))
-    z = x_t @ w_ih + h @ w_hh
-    if b is not None:
-      z = z + b
-    pre = dict(zip(gates, jnp.split(z, num_gates, axis=-1)))
+    h, w_hh = cast(dtype, h, params["w_hh"])
+    peepholes = None
     if peephole:
-      p = {name: params[name] for name in ("p_i", "p_f", "p_o") if name in params}
-      if not coupled:
-        pre["i"] = pre["i"] + p["p_i"] * c
-      pre["f"] = pre["f"] + p["p_f"] * c
-    f = gate_fn(pre["f"])
-    i = 1.0 - f if coupled else gate_fn(pre["i"])
-    g = cell_fn(pre["g"])
-    c = f.astype(c.dtype) * c + (i * g).astype(c.dtype)
-    o_pre = pre["o"] + p["p_o"] * c if peephole else pre["o"]
-    o = gate_fn(o_pre)
-    (h, w_hr) = cast(dtype, o * hidden_fn(c), params.get("w_hr"))
+      peepholes = dict(zip(PEEPHOLES, cast(dtype, *(params.get(n) for n in PEEPHOLES))))
+    h, c = lstm_update(gx, LSTMState(h, c), w_hh, jnp.matmul, gates=gates,
+                       peepholes=peepholes, gate_fn=gate_fn, cell_fn=cell_fn,
+                       hidden_fn=hidden_fn)
+    (h, w_hr) = cast(dtype, h, params.get("w_hr"))
     if w_hr is not None:
       h = h @ w_hr
     return LSTMState(h, c), h
 
-  spec = dict(name="lstm", hidden_size=H, output_size=out_size, peephole=peephole,
-              coupled=coupled, proj_size=proj_size, gate_fn=gate_fn, cell_fn=cell_fn,
-              hidden_fn=hidden_fn, use_bias=use_bias, feature_ndim=1)
-  return Cell(init, initial_carry, step, spec)
+  spec = specs.LSTMSpec(hidden_size=H, output_size=out_size, peephole=peephole,
+                        coupled=coupled, proj_size=proj_size, gate_fn=gate_fn,
+                        cell_fn=cell_fn, hidden_fn=hidden_fn, use_bias=use_bias)
+  return split_cell(init, initialize_carry, dense_project(dtype), recur, spec,
+                    dense_check("lstm", initialize_carry))

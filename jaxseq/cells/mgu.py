@@ -7,8 +7,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import _checks
-from jaxseq.cells.base import (Cell, Initializer, cast, check_input, common_options,
-                               default_inits, dense_params, zeros_carry)
+from jaxseq import specs
+from jaxseq.cells.base import (Cell, Initializer, cast, check_callable, common_options,
+                               default_inits, dense_check, dense_params, dense_project,
+                               split_cell, zeros_carry)
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -37,6 +39,8 @@ def mgu(hidden_size: int, *, reset_after: bool = False, gate_fn: Activation = ja
   hidden_size = common_options(hidden_size, use_bias, dtype, param_dtype)
   if not isinstance(reset_after, bool):
     _checks.fail("reset_after", "a bool", repr(reset_after), TypeError)
+  check_callable("gate_fn", gate_fn)
+  check_callable("activation", activation)
   kernel_init, recurrent_init, bias_init = default_inits(hidden_size, kernel_init,
                                                          recurrent_init, bias_init)
   H = hidden_size
@@ -46,13 +50,8 @@ def mgu(hidden_size: int, *, reset_after: bool = False, gate_fn: Activation = ja
                         recurrent_init=recurrent_init, bias_init=bias_init,
                         use_bias=use_bias, param_dtype=param_dtype, hidden_bias=reset_after)
 
-  def step(params: dict, h: jax.Array, x_t: jax.Array):
-    check_input("mgu", params["w_ih"], x_t)
-    x_t, h, w_ih, w_hh, b, b_hn = cast(dtype, x_t, h, params["w_ih"], params["w_hh"],
-                                       params.get("b"), params.get("b_hn"))
-    gx = x_t @ w_ih
-    if b is not None:
-      gx = gx + b
+  def recur(params: dict, h: jax.Array, gx: jax.Array):
+    h, w_hh, b_hn = cast(dtype, h, params["w_hh"], params.get("b_hn"))
     x_f, x_n = jnp.split(gx, 2, axis=-1)
     if reset_after:
       h_f, h_n = jnp.split(h @ w_hh, 2, axis=-1)
@@ -67,6 +66,8 @@ def mgu(hidden_size: int, *, reset_after: bool = False, gate_fn: Activation = ja
       h = (1.0 - f) * h + f * n
     return h, h
 
-  spec = dict(name="mgu", hidden_size=H, output_size=H, reset_after=reset_after,
-              gate_fn=gate_fn, activation=activation, use_bias=use_bias, feature_ndim=1)
-  return Cell(init, zeros_carry(H, dtype), step, spec)
+  spec = specs.MGUSpec(hidden_size=H, output_size=H, reset_after=reset_after,
+                       gate_fn=gate_fn, activation=activation, use_bias=use_bias)
+  initialize_carry = zeros_carry(H, dtype)
+  return split_cell(init, initialize_carry, dense_project(dtype), recur, spec,
+                    dense_check("mgu", initialize_carry))

@@ -6,9 +6,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxseq.cells.base import (Cell, Initializer, cast, check_input, common_options,
-                               default_inits, dense_params,
-                               zeros_carry)
+from jaxseq import specs
+from jaxseq.cells.base import (Cell, Initializer, cast, check_callable, common_options,
+                               default_inits, dense_check, dense_params, dense_project,
+                               split_cell, zeros_carry)
 
 
 def simple_rnn(hidden_size: int, activation: Callable[[jax.Array], jax.Array] = jnp.tanh, *,
@@ -34,8 +35,7 @@ def simple_rnn(hidden_size: int, activation: Callable[[jax.Array], jax.Array] = 
       ys, h_T = jaxseq.unroll(cell, params, xs)          # xs: (B, T, 3)
   """
   hidden_size = common_options(hidden_size, use_bias, dtype, param_dtype)
-  if not callable(activation):
-    raise TypeError(f"activation: expected a callable, got {activation!r}")
+  check_callable("activation", activation)
   kernel_init, recurrent_init, bias_init = default_inits(hidden_size, kernel_init,
                                                          recurrent_init, bias_init)
 
@@ -44,16 +44,13 @@ def simple_rnn(hidden_size: int, activation: Callable[[jax.Array], jax.Array] = 
                         recurrent_init=recurrent_init, bias_init=bias_init,
                         use_bias=use_bias, param_dtype=param_dtype)
 
-  def step(params: dict, h: jax.Array, x_t: jax.Array):
-    check_input("simple_rnn", params["w_ih"], x_t)
-    x_t, h, w_ih, w_hh, b = cast(dtype, x_t, h, params["w_ih"], params["w_hh"],
-                                 params.get("b"))
-    z = x_t @ w_ih + h @ w_hh
-    if b is not None:
-      z = z + b
-    h = activation(z)
+  def recur(params: dict, h: jax.Array, gx: jax.Array):
+    h, w_hh = cast(dtype, h, params["w_hh"])
+    h = activation(gx + h @ w_hh)
     return h, h
 
-  spec = dict(name="simple_rnn", hidden_size=hidden_size, output_size=hidden_size,
-              activation=activation, use_bias=use_bias, feature_ndim=1)
-  return Cell(init, zeros_carry(hidden_size, dtype), step, spec)
+  spec = specs.SimpleRNNSpec(hidden_size=hidden_size, output_size=hidden_size,
+                             activation=activation, use_bias=use_bias)
+  initialize_carry = zeros_carry(hidden_size, dtype)
+  return split_cell(init, initialize_carry, dense_project(dtype), recur, spec,
+                    dense_check("simple_rnn", initialize_carry))

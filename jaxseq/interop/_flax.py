@@ -31,8 +31,7 @@ from jaxseq.cells.base import Cell, LSTMState
 _LSTM_LIKE = ("lstm", "conv_lstm")
 
 
-def from_flax(module: Any, variables: Mapping[str, Any], *,
-              spatial_shape: tuple[int, ...] | None = None) -> tuple[Cell, dict]:
+def from_flax(module: Any, variables: Mapping[str, Any]) -> tuple[Cell, dict]:
   r"""Converts a Flax linen recurrent cell and its variables into a jaxseq cell and params.
 
   ===============================  ==============================================================
@@ -48,7 +47,7 @@ def from_flax(module: Any, variables: Mapping[str, Any], *,
                                    ``ir, iz, in`` biases, ``b_hn`` the ``hn`` bias
   ``MGUCell``                      ``mgu(H, reset_after=True, gate_fn, activation)``; ``b`` is
                                    ``if, in`` biases, ``b_hn`` the ``hn`` bias
-  ``ConvLSTMCell``                 ``conv_lstm(F, kernel_size, peephole=False, spatial_shape=...)``
+  ``ConvLSTMCell``                 ``conv_lstm(F, kernel_size, peephole=False)``, any frame size       
   ===============================  ==============================================================
 
   The module's ``dtype`` and ``param_dtype`` carry over. jaxseq cells start from a zero carry;
@@ -69,8 +68,6 @@ def from_flax(module: Any, variables: Mapping[str, Any], *,
     module: a ``flax.linen`` cell instance (its attributes configure the jaxseq cell).
     variables: ``{"params": {...}}`` as returned by ``module.init``, or the params dict
       itself; a pytree of arrays (a ``FrozenDict`` too).
-    spatial_shape: ``ConvLSTMCell`` only: the frame size, which Flax's module does not
-      know and ``unroll`` needs to build the zero carry.
 
   Returns:
     ``(cell, params)``: ``cell.step(params, carry, x)`` computes what ``module.apply`` does,
@@ -93,7 +90,7 @@ def from_flax(module: Any, variables: Mapping[str, Any], *,
 
   if isinstance(module, nn.ConvLSTMCell):
     from jaxseq.interop._flax_conv import from_flax_conv_lstm  # pylint: disable=import-outside-toplevel
-    return from_flax_conv_lstm(module, params, spatial_shape=spatial_shape)
+    return from_flax_conv_lstm(module, params)
 
   if isinstance(module, nn.SimpleCell):
     H = _hidden_size(module, params, ("h",))
@@ -149,7 +146,7 @@ def carry_from_flax(cell: Cell, carry: Any) -> Any:
   Returns:
     The carry for ``cell.step``/``unroll``; other cells' carries pass through unchanged.
   """
-  if (cell.spec or {}).get("name") in _LSTM_LIKE:
+  if getattr(cell.spec, "name", None) in _LSTM_LIKE:
     if not isinstance(carry, (tuple, list)) or len(carry) != 2:
       _checks.fail("carry", "Flax's LSTM carry, a pair (c, h)", type(carry).__name__,
                    TypeError)
@@ -168,7 +165,7 @@ def carry_to_flax(cell: Cell, carry: Any) -> Any:
   Returns:
     The carry as the matching Flax cell takes and returns it.
   """
-  if (cell.spec or {}).get("name") in _LSTM_LIKE:
+  if getattr(cell.spec, "name", None) in _LSTM_LIKE:
     if not isinstance(carry, LSTMState):
       _checks.fail("carry", "an LSTMState(h, c)", type(carry).__name__, TypeError)
     return (carry.c, carry.h)

@@ -50,8 +50,7 @@ def _conv_entry(params: Mapping, name: str, use_bias: bool, module: Any) -> dict
   return {leaf: jnp.asarray(entry[leaf]) for leaf in leaves}
 
 
-def from_flax_conv_lstm(module: Any, params: Mapping[str, Any], *,
-                        spatial_shape: Sequence[int] | None = None) -> tuple[Cell, dict]:
+def from_flax_conv_lstm(module: Any, params: Mapping[str, Any]) -> tuple[Cell, dict]:
   """Converts a ``flax.linen.ConvLSTMCell`` and its params into a jaxseq ``conv_lstm``.
 
   Args:
@@ -59,13 +58,11 @@ def from_flax_conv_lstm(module: Any, params: Mapping[str, Any], *,
       ``'CIRCULAR'``, ``strides`` ``None`` or all 1, ``use_bias``, ``dtype``,
       ``param_dtype`` carry over).
     params: the module's params ``{"ih": {...}, "hh": {...}}``, or ``{"params": {...}}``.
-    spatial_shape: the frame size. Flax's module does not know it, and ``unroll`` needs it
-      (for ``initial_carry``); without it the cell only steps, from a carry you give, e.g.
-      ``carry_from_flax(cell, module.initialize_carry(key, x_t.shape))``.
 
   Returns:
     ``(cell, params)`` with ``cell.step(params, LSTMState(h, c), x)`` equal to
-    ``module.apply({"params": ...}, (c, h), x)`` (Flax's carry is ``(c, h)``).
+    ``module.apply({"params": ...}, (c, h), x)`` (Flax's carry is ``(c, h)``), on frames of
+    any size (Flax's module does not know one either).
 
   Raises:
     TypeError: ``module`` is not a ``ConvLSTMCell``.
@@ -102,7 +99,7 @@ def from_flax_conv_lstm(module: Any, params: Mapping[str, Any], *,
       _checks.fail("params", f"'{name}' bias of shape {(4 * F,)}",
                    f"shape {tuple(entry['bias'].shape)}")
 
-  cell = conv_lstm(F, kernel_size, spatial_shape=spatial_shape, peephole=False,
+  cell = conv_lstm(F, kernel_size, peephole=False,
                    padding=padding, use_bias=module.use_bias, forget_offset=1.0,
                    dtype=module.dtype, param_dtype=module.param_dtype)
   out = {"w_ih": _permute_gates(ih["kernel"], F), "w_hh": _permute_gates(hh["kernel"], F)}

@@ -29,6 +29,7 @@ import numpy as np
 from jaxseq import _checks
 from jaxseq import cells
 from jaxseq import layers as layers_lib
+from jaxseq import specs
 from jaxseq.cells.base import Cell, LSTMState
 from jaxseq.layers import Layer
 
@@ -257,7 +258,7 @@ def carry_from_torch(layer: Layer | Cell, h_0: Any, c_0: Any = None) -> Any:
   """
   kind, cells_per_layer = _layout(layer, strict=False)
   flat_cells = [cell for directions in cells_per_layer for cell in directions]
-  names = [(cell.spec or {}).get("name") for cell in flat_cells]
+  names = [getattr(cell.spec, "name", None) for cell in flat_cells]
   h_0 = _checks.float_array("h_0", _to_array(h_0))
   if h_0.ndim < 2 or h_0.shape[0] != len(flat_cells):
     _checks.fail("h_0", f"shape ({len(flat_cells)}, *batch, H) (num_layers * "
@@ -297,36 +298,42 @@ def _layout(layer: Layer | Cell, strict: bool) -> tuple[str, list[list[Cell]]]:
     _checks.fail("layer", "a jaxseq Layer (stack, bidirectional or recurrent) or Cell",
                  type(layer).__name__, TypeError)
   spec = layer.spec
-  if not isinstance(spec, Mapping):
-    _checks.fail("layer", "a layer built by jaxseq.stack, bidirectional or recurrent",
-                 "a layer without a spec")
-  if spec.get("kind") == "stack":
-    if strict and spec["residual"]:
+  if isinstance(spec, specs.StackSpec):
+    if strict and spec.residual:
       _checks.fail("layer", "a stack without residual connections (PyTorch has none)",
                    "residual=True")
-    return "stack", [_directions(f"layer (layer {k})", s, strict)
-                     for k, s in enumerate(spec["layers"])]
-  return spec.get("kind"), [_directions("layer", spec, strict)]
+    return "stack", [_directions(f"layer (layer {k})", sub.spec, strict)
+                     for k, sub in enumerate(spec.layers)]
+  if not isinstance(spec, (specs.RecurrentSpec, specs.BidirectionalSpec)):
+    _checks.fail("layer", "a layer built by jaxseq.stack, bidirectional or recurrent",
+                 f"a {getattr(spec, 'kind', None)!r} layer")
+  return spec.kind, [_directions("layer", spec, strict)]
 
 
-def _directions(where: str, spec: Mapping, strict: bool) -> list[Cell]:
-  kind = (spec or {}).get("kind")
-  if kind == "recurrent":
-    if strict and spec["reverse"]:
+def _directions(where: str, spec: Any, strict: bool) -> list[Cell]:
+  if isinstance(spec, specs.RecurrentSpec):
+    if strict and spec.reverse:
       _checks.fail(where, "a forward recurrent layer (PyTorch runs a single direction "
                    "forward)", "reverse=True")
-    return [spec["cell"]]
-  if kind == "bidirectional":
-    fw, bw = spec["forward"], spec["backward"]
-    if strict and not (isinstance(spec["merge"], str) and spec["merge"] == "concat"):
+    return [spec.cell]
+  if isinstance(spec, specs.BidirectionalSpec):
+    fw, bw = spec.forward.spec, spec.backward.spec
+    if strict and not (isinstance(spec.merge, str) and spec.merge == "concat"):
       _checks.fail(where, "a bidirectional layer with merge='concat' (as PyTorch)",
-                   f"merge={spec['merge']!r}")
-    if strict and ((fw or {}).get("reverse") or not (bw or {}).get("reverse")):
+                   f"merge={spec.merge!r}")
+    if not isinstance(fw, specs.RecurrentSpec) or not isinstance(bw, specs.RecurrentSpec):
+      _checks.fail(where, "a bidirectional layer of two recurrent directions (as PyTorch)",
+                   f"directions of kinds {fw.kind!r} and {bw.kind!r}")
+    if strict and (fw.reverse or not bw.reverse):
       _checks.fail(where, "a bidirectional layer whose forward direction runs forward",
                    "a reversed forward direction")
     return _directions(where + " forward", fw, False) + _directions(where + " backward",
                                                                       bw, False)
-  _checks.fail(where, "a layer of kind 'recurrent' or 'bidirectional'", f"kind {kind!r}")
+  _checks.fail(where, "a layer of kind 'recurrent' or 'bidirectional'",
+               f"kind {getattr(spec, 'kind', None)!r}")
+
+
+  return first
 
 
 def _where(kind: str, k: int, d: int, num_directions: int, root: str) -> str:
@@ -381,7 +388,7 @@ def _torch_config(cells_per_layer: list[list[Cell]]) -> dict:
 
 def _cell_config(where: str, cell: Cell) -> dict:
   """PyTorch's mode and sizes for a cell, or ValueError naming what PyTorch lacks."""
-  if not isinstance(cell, Cell) or not isinstance(cell.spec, Mapping):
+  if not isinstance(cell, Cell) or not isinstance(cell.spec, specs.CellSpec):
     _checks.fail(where, "a jaxseq lstm, gru or simple_rnn cell", "a cell without a spec")
   spec = cell.spec
   name = spec.get("name")

@@ -18,8 +18,11 @@ batch norm to batch statistics and, together with a ``key``, turns dropout on: w
 Layer factories are CamelCase as in ``jax.example_libraries.stax`` (``Conv``, ``Dense``,
 ``MaxPool``); layers without options are ready-made values (``Relu``, ``Flatten``). The
 lowercase names of ``jaxseq.nn`` (``conv``, ``max_pool``) are the array functions below them.
-These are feed-forward layers; the sequence layers of ``jaxseq.Layer`` take ``lengths`` and
-a ``carry`` instead.
+``Layer`` is the one layer type of jaxseq: the sequence layers (``jaxseq.recurrent``,
+``bidirectional``, ``stack``) are ``Layer`` values too and compose with these in ``serial``
+(sequences are ``(N, T, *features)``, per-example shape ``(T, *features)``; ``serial``'s
+``apply`` passes ``lengths`` to them). ``over_time(layer)`` applies any layer to every time
+step.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import numpy as np
 
 from jaxseq import _checks
 from jaxseq import initializers
+from jaxseq._layer import Layer
 from jaxseq.nn import functional as F
 
 Shape = tuple[int, ...]
@@ -45,7 +49,7 @@ __all__ = [
     "AdaptiveAvgPool",
     "GlobalAvgPool", "GlobalMaxPool", "Flatten", "Activation", "Relu", "Tanh", "Sigmoid",
     "Gelu", "Softmax", "LogSoftmax", "Identity", "Dropout", "DropConnect", "BatchNorm",
-    "serial", "concat", "residual",
+    "serial", "concat", "residual", "over_time",
 ]
 
 
@@ -60,30 +64,17 @@ class ApplyFn(Protocol):
     """Runs the layer on a batch ``x`` of shape ``(N, *input_shape)``; returns ``(y, state)``."""
 
 
-class Layer(NamedTuple):
-  """A network layer as pure functions.
-
-  Attributes:
-    init: ``init(key, input_shape) -> (params, state)``; ``input_shape`` excludes the batch.
-    apply: ``apply(params, state, x, *, train=False, key=None) -> (y, state)``.
-    output_shape: ``output_shape(input_shape) -> shape`` of one output example, by
-      arithmetic only; it raises ``ValueError`` for inputs the layer cannot take.
-    spec: static description: ``kind``, display ``name``, options; combinators list their
-      children under ``layers`` (used by ``jaxseq.nn.summary``).
-  """
-  init: InitFn
-  apply: ApplyFn
-  output_shape: Callable[[Shape], Shape]
-  spec: Optional[Mapping[str, Any]] = None
-
-
 # ----------------------------------------------------------------------------- checks
 
 
 def input_shape_of(argument: str, shape: Any) -> Shape:
-  """Validates a per-example shape: a tuple of positive ints."""
+  """Validates a per-example shape: a tuple of positive ints. A leading batch axis given
+  as ``None`` or ``-1`` (Keras/TensorFlow style) is dropped."""
   if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
     shape = (shape,)
+  if isinstance(shape, (tuple, list)) and len(shape) > 1 and (
+      shape[0] is None or (isinstance(shape[0], int) and shape[0] == -1)):
+    shape = tuple(shape[1:])
   if not isinstance(shape, (tuple, list)) or not all(
       isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in shape):
     _checks.fail(argument, "a tuple of positive ints, the shape of one example without the "
@@ -95,17 +86,7 @@ def input_shape_of(argument: str, shape: Any) -> Shape:
 def _check_apply(train: Any, key: Any) -> None:
   if not isinstance(train, bool):
     _checks.fail("train", "a bool", repr(train), TypeError)
-  if key is None:
-    return
-  expected = "a single PRNG key from jax.random.PRNGKey or jax.random.key"
-  if not (hasattr(key, "dtype") and hasattr(key, "shape")):
-    _checks.fail("key", expected, type(key).__name__, TypeError)
-  # Cheap (every layer of a deep model sees a key): a typed key of shape () or a raw
-  # uint32 key of shape (k,).
-  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-  if not (key.ndim == 0 if typed else (key.ndim == 1 and key.dtype == jnp.uint32)):
-    _checks.fail("key", expected, f"an array of dtype {key.dtype} and shape "
-                 f"{tuple(key.shape)}", TypeError)
+  _checks.prng_key(key)
 
 
 def _batched(argument: str, x: Any, rank: int | None = None, what: str = "") -> jax.Array:
@@ -569,9 +550,14 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, use_scale: bool =
 def _layers_arg(argument: str, layers: Sequence[Layer]) -> tuple[Layer, ...]:
   if not layers:
     _checks.fail(argument, "at least one layer", "none")
+  from jaxseq import layers as sequence_layers  # the sequence combinators sit below nn
+  from jaxseq.cells.base import Cell
+  layers = [sequence_layers.recurrent(layer) if isinstance(layer, Cell) else layer
+            for layer in layers]
   for i, layer in enumerate(layers):
     if not isinstance(layer, Layer):
-      _checks.fail(f"{argument}[{i}]", "a jaxseq.nn Layer", type(layer).__name__, TypeError)
+      _checks.fail(f"{argument}[{i}]", "a jaxseq Layer or Cell", type(layer).__name__,
+                   TypeError)
   return tuple(layers)
 
 
@@ -590,7 +576,19 @@ def _keys(key, n):
 def serial(*layers: Layer, name: str | None = None) -> Layer:
   """Composes layers in order: each one's output is the next one's input.
 
-  Params and state are lists with one entry per layer.
+  Any ``Layer`` goes: network layers (``Conv``, ``Dense``, ``BatchNorm``, ...), sequence
+  layers (``jaxseq.recurrent``, ``bidirectional``, ``stack``; cells are wrapped with
+  ``recurrent``) and ``over_time`` wrappers, so a CNN front end, a recurrent core and a
+  readout make one model::
+
+      model = nn.serial(nn.Embedding(V, 32), nn.Conv(64, 3, padding="SAME"), nn.Relu,
+                        jaxseq.bidirectional(jaxseq.gru(32)), nn.Dense(2))
+      params, state = model.init(key, (T,))
+      logits, state = model.apply(params, state, ids, lengths=lengths)
+
+  ``apply(params, state, x, *, train=False, key=None, lengths=None)``: ``lengths`` reach the
+  sequence layers; dropout (network and recurrent alike) is on with ``train=True`` and a
+  ``key``. Params and state are lists with one entry per layer.
   """
   layers = _layers_arg("layers", layers)
 
@@ -606,7 +604,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
   def init_compiled(key, shape):
     params, state = [], []
     for layer, k in zip(layers, jax.random.split(key, len(layers))):
-      p, s = layer.init(k, shape)
+      p, s = layer.net_init(k, shape)
       params.append(p)
       state.append(s)
       shape = layer.output_shape(shape)
@@ -615,18 +613,51 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
   def init(key, input_shape):
     return init_compiled(key, input_shape_of("input_shape", input_shape))
 
-  def apply(params, state, x, *, train=False, key=None):
+  def apply(params, state, x, *, train=False, key=None, lengths=None):
     _check_apply(train, key)
     params = _sequence_arg("params", params, len(layers))
     state = _sequence_arg("state", state, len(layers))
     new_state = []
     for layer, p, s, k in zip(layers, params, state, _keys(key, len(layers))):
-      x, s = layer.apply(p, s, x, train=train, key=k)
+      x, s = layer.net_apply(p, s, x, train=train, key=k, lengths=lengths)
       new_state.append(s)
     return x, new_state
 
   return Layer(init, apply, output_shape,
                dict(kind="serial", name=name or "serial", layers=layers))
+
+
+def over_time(layer: Layer, *, name: str | None = None) -> Layer:
+  """Applies ``layer`` to every time step (Keras's ``TimeDistributed``): inputs
+  ``(N, T, *shape)`` run as one batch of ``N * T`` examples ``shape`` (a per-frame CNN in a
+  CRNN, a readout on every step). Params and state are ``layer``'s.
+  """
+  layer = _layers_arg("layer", (layer,))[0]
+
+  def output_shape(input_shape):
+    input_shape = input_shape_of("input_shape", input_shape)
+    if len(input_shape) < 2:
+      _checks.fail("input_shape", "(T, *step_shape): one sequence without the batch axis",
+                   repr(input_shape))
+    return input_shape[:1] + tuple(layer.output_shape(input_shape[1:]))
+
+  def init(key, input_shape):
+    input_shape = input_shape_of("input_shape", input_shape)
+    output_shape(input_shape)
+    return layer.net_init(key, input_shape[1:])
+
+  def apply(params, state, x, *, train=False, key=None):
+    _check_apply(train, key)
+    x = jnp.asarray(x) if not hasattr(x, "shape") else x
+    if x.ndim < 3:
+      _checks.fail("x", "an array (N, T, *step_shape)", f"shape {tuple(x.shape)}")
+    n, t = x.shape[:2]
+    y, state = layer.net_apply(params, state, x.reshape((n * t,) + x.shape[2:]),
+                               train=train, key=key)
+    return y.reshape((n, t) + y.shape[1:]), state
+
+  return Layer(init, apply, output_shape,
+               dict(kind="over_time", name=name or f"over_time", layers=(layer,)))
 
 
 def concat(*branches: Layer, name: str | None = None) -> Layer:
@@ -646,15 +677,15 @@ def concat(*branches: Layer, name: str | None = None) -> Layer:
 
   def init(key, input_shape):
     output_shape(input_shape_of("input_shape", input_shape))
-    pairs = [b.init(k, input_shape) for b, k in
+    pairs = [b.net_init(k, input_shape) for b, k in
              zip(branches, jax.random.split(key, len(branches)))]
     return [p for p, _ in pairs], [s for _, s in pairs]
 
-  def apply(params, state, x, *, train=False, key=None):
+  def apply(params, state, x, *, train=False, key=None, lengths=None):
     _check_apply(train, key)
     params = _sequence_arg("params", params, len(branches))
     state = _sequence_arg("state", state, len(branches))
-    outs = [b.apply(p, s, x, train=train, key=k) for b, p, s, k in
+    outs = [b.net_apply(p, s, x, train=train, key=k, lengths=lengths) for b, p, s, k in
             zip(branches, params, state, _keys(key, len(branches)))]
     return jnp.concatenate([y for y, _ in outs], axis=-1), [s for _, s in outs]
 
@@ -684,15 +715,17 @@ def residual(body: Layer, shortcut: Layer | None = None, *, name: str | None = N
   def init(key, input_shape):
     output_shape(input_shape_of("input_shape", input_shape))
     k_body, k_skip = jax.random.split(key)
-    pb, sb = body.init(k_body, input_shape)
-    ps, ss = skip.init(k_skip, input_shape)
+    pb, sb = body.net_init(k_body, input_shape)
+    ps, ss = skip.net_init(k_skip, input_shape)
     return {"body": pb, "shortcut": ps}, {"body": sb, "shortcut": ss}
 
-  def apply(params, state, x, *, train=False, key=None):
+  def apply(params, state, x, *, train=False, key=None, lengths=None):
     _check_apply(train, key)
     k_body, k_skip = _keys(key, 2)
-    y, sb = body.apply(params["body"], state["body"], x, train=train, key=k_body)
-    z, ss = skip.apply(params["shortcut"], state["shortcut"], x, train=train, key=k_skip)
+    y, sb = body.net_apply(params["body"], state["body"], x, train=train, key=k_body,
+                           lengths=lengths)
+    z, ss = skip.net_apply(params["shortcut"], state["shortcut"], x, train=train, key=k_skip,
+                           lengths=lengths)
     return y + z, {"body": sb, "shortcut": ss}
 
   return Layer(init, apply, output_shape,
