@@ -213,3 +213,34 @@ def prng_key(key: Any) -> None:
   if not (key.ndim == 0 if typed else (key.ndim == 1 and key.dtype == jnp.uint32)):
     fail("key", expected, f"an array of dtype {key.dtype} and shape {tuple(key.shape)}",
          TypeError)
+
+
+def init_key(key: Any) -> None:
+  """The key an ``init`` draws from: a single PRNG key, never ``None``."""
+  if key is None:
+    fail("key", "a single PRNG key from jax.random.PRNGKey or jax.random.key", "None",
+         TypeError)
+  prng_key(key)
+
+
+def float_dtype(argument: str, value: Any) -> Any:
+  """A floating dtype (``jnp.float32``, ``jnp.bfloat16``, ``"float16"``...)."""
+  expected = "a floating dtype (jnp.float32, jnp.bfloat16, ...)"
+  if value is None:
+    fail(argument, expected, "None", TypeError)
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError:
+    fail(argument, expected, repr(value), TypeError)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    fail(argument, expected, repr(value) if isinstance(value, str) else dtype.name, TypeError)
+  return value
+
+
+def param_dict(params: Any, required: Sequence[str], layer: str) -> None:
+  """``params`` is a dict holding at least the entries ``required`` (a layer's params)."""
+  expected = f"the params of {layer}, a dict with keys {sorted(required)}"
+  if not hasattr(params, "keys"):
+    fail("params", expected, type(params).__name__, TypeError)
+  if any(name not in params for name in required):
+    fail("params", expected, sorted(params.keys()))

@@ -28,7 +28,8 @@ def sequence_mask(lengths: jax.Array, num_steps: int, time_major: bool = False) 
                  ValueError if isinstance(num_steps, (int, np.integer)) and
                  not isinstance(num_steps, bool) else TypeError)
   time_major = _checks.boolean("time_major", time_major)
-  lengths = jnp.asarray(lengths)
+  if not hasattr(lengths, "dtype"):
+    lengths = np.asarray(lengths)
   if not jnp.issubdtype(lengths.dtype, jnp.integer):
     _checks.fail("lengths", "an integer array", f"dtype {lengths.dtype}", TypeError)
   mask = jnp.arange(num_steps) < lengths[..., None]
@@ -44,7 +45,8 @@ def _valid_steps(step_shape: tuple[int, ...], lengths, mask, reduction: str,
   if lengths is not None and mask is not None:
     raise ValueError("lengths, mask: expected at most one of them, got both")
   if lengths is not None:
-    lengths = jnp.asarray(lengths)
+    if not hasattr(lengths, "dtype"):
+      lengths = np.asarray(lengths)
     batch = step_shape[1:] if time_major else step_shape[:-1]
     if tuple(lengths.shape) != tuple(batch):
       _checks.fail("lengths", f"shape {tuple(batch)}", f"shape {tuple(lengths.shape)}")
@@ -137,6 +139,12 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
     per_step = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     per_step = jnp.where(in_range, per_step, jnp.nan)
   else:
+    if not isinstance(labels, jax.core.Tracer) and not isinstance(valid, jax.core.Tracer):
+      probabilities = np.asarray(labels)[np.asarray(valid)]
+      if probabilities.size and not (probabilities >= 0).all():  # NaN fails too
+        _checks.fail("labels", "one-hot or soft labels: probabilities >= 0 at valid steps",
+                     "NaN values" if np.isnan(probabilities).any()
+                     else f"values down to {probabilities.min()}")
     per_step = optax.softmax_cross_entropy(logits, _zero_padding(valid, jnp.asarray(labels)))
   return _reduce(per_step, valid, reduction)
 
@@ -153,6 +161,11 @@ def squared_error(predictions: jax.Array, targets: jax.Array, *,
   """
   predictions = _checks.float_array("predictions", predictions)
   _rank("predictions", predictions, 1, "*batch, T, F")
+  if not hasattr(targets, "dtype"):
+    targets = np.asarray(targets)
+  if not (jnp.issubdtype(targets.dtype, jnp.floating)
+          or jnp.issubdtype(targets.dtype, jnp.integer)):
+    _checks.fail("targets", "a numeric array", f"dtype {targets.dtype}", TypeError)
   targets = jnp.asarray(targets)
   if targets.shape != predictions.shape:
     _checks.fail("targets", f"shape {tuple(predictions.shape)} (as predictions)",
@@ -176,7 +189,8 @@ def last_valid(ys: jax.Array, lengths: jax.Array | None = None,
     ys = jnp.moveaxis(ys, 0, -2)
   if lengths is None:
     return ys[..., -1, :]
-  lengths = jnp.asarray(lengths)
+  if not hasattr(lengths, "dtype"):
+    lengths = np.asarray(lengths)
   if tuple(lengths.shape) != tuple(ys.shape[:-2]):
     _checks.fail("lengths", f"shape {tuple(ys.shape[:-2])}", f"shape {tuple(lengths.shape)}")
   # Integer dtype and, when concrete, values in [0, T]: out-of-range lengths were clipped.

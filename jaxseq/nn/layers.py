@@ -146,6 +146,9 @@ def variance_scaling(scale: float = 1.0, mode: str = "fan_in") -> Initializer:
   scale = _checks.positive_float("scale", scale)
 
   def init(key, shape, dtype=jnp.float32):
+    if len(shape) < 2:
+      _checks.fail("shape", "a kernel shape of rank >= 2, (*window, in, out), for "
+                   "variance_scaling", tuple(shape))
     receptive = math.prod(shape[:-2])
     fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
     fan = dict(zip(fans, (fan_in, fan_out, (fan_in + fan_out) / 2)))[mode]
@@ -186,6 +189,7 @@ def Conv(features: int, kernel_size: int | Sequence[int], *,
   flip = _checks.boolean("flip", flip)
   kernel_init = _checks.initializer("kernel_init", kernel_init) or variance_scaling(1.0)
   bias_init = _checks.initializer("bias_init", bias_init) or initializers.zeros
+  _checks.float_dtype("param_dtype", param_dtype)
   if features % groups:
     _checks.fail("groups", f"a positive int dividing features ({features})", repr(groups))
 
@@ -213,6 +217,7 @@ def Conv(features: int, kernel_size: int | Sequence[int], *,
     return spatial + (features,)
 
   def init(key, input_shape):
+    _checks.init_key(key)
     input_shape = input_shape_of("input_shape", input_shape)
     output_shape(input_shape)
     k_kernel, k_bias = jax.random.split(key)
@@ -224,6 +229,7 @@ def Conv(features: int, kernel_size: int | Sequence[int], *,
 
   def apply(params, state, x, *, train=False, key=None):
     _check_apply(train, key)
+    _checks.param_dict(params, ("kernel",), label)
     y = F.conv(x, params["kernel"], params.get("bias"), strides=strides, padding=padding,
                dilation=dilation, groups=groups, flip=flip)
     return y, state
@@ -247,12 +253,14 @@ def Dense(features: int, *, use_bias: bool = True, kernel_init: Initializer | No
   use_bias = _checks.boolean("use_bias", use_bias)
   kernel_init = _checks.initializer("kernel_init", kernel_init) or variance_scaling(1.0)
   bias_init = _checks.initializer("bias_init", bias_init) or initializers.zeros
+  _checks.float_dtype("param_dtype", param_dtype)
 
   def output_shape(input_shape):
     input_shape = input_shape_of("input_shape", input_shape)
     return input_shape[:-1] + (features,)
 
   def init(key, input_shape):
+    _checks.init_key(key)
     input_shape = input_shape_of("input_shape", input_shape)
     k_kernel, k_bias = jax.random.split(key)
     params = {"kernel": kernel_init(k_kernel, (input_shape[-1], features), param_dtype)}
@@ -262,6 +270,7 @@ def Dense(features: int, *, use_bias: bool = True, kernel_init: Initializer | No
 
   def apply(params, state, x, *, train=False, key=None):
     _check_apply(train, key)
+    _checks.param_dict(params, ("kernel",), f"Dense {features}")
     x = _checks.float_array("x", x)
     kernel = params["kernel"]
     if x.ndim < 2 or x.shape[-1] != kernel.shape[0]:
@@ -292,11 +301,13 @@ def Embedding(num_embeddings: int, features: int, *,
   features = _checks.positive_int("features", features)
   embedding_init = (_checks.initializer("embedding_init", embedding_init)
                     or initializers.normal(1.0))
+  _checks.float_dtype("param_dtype", param_dtype)
 
   def output_shape(input_shape):
     return input_shape_of("input_shape", input_shape) + (features,)
 
   def init(key, input_shape):
+    _checks.init_key(key)
     output_shape(input_shape)
     return {"embedding": embedding_init(key, (num_embeddings, features), param_dtype)}, {}
 
@@ -309,6 +320,7 @@ def Embedding(num_embeddings: int, features: int, *,
                    f"shape {tuple(x.shape)}")
     if not jnp.issubdtype(x.dtype, jnp.integer):
       _checks.fail("x", "an integer array of token ids", f"dtype {x.dtype}", TypeError)
+    _checks.param_dict(params, ("embedding",), f"Embedding {num_embeddings}x{features}")
     rows = params["embedding"].shape[0]
     if not isinstance(x, jax.core.Tracer) and x.size:
       low, high = np.min(x), np.max(x)
@@ -500,6 +512,7 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, use_scale: bool =
   epsilon = _checks.positive_float("epsilon", epsilon)
   use_scale = _checks.boolean("use_scale", use_scale)
   use_bias = _checks.boolean("use_bias", use_bias)
+  _checks.float_dtype("param_dtype", param_dtype)
 
   def init(key, input_shape):
     del key
@@ -516,9 +529,17 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, use_scale: bool =
   def apply(params, state, x, *, train=False, key=None):
     _check_apply(train, key)
     x = _batched("x", _checks.float_array("x", x))
+    if not hasattr(state, "keys") or "mean" not in state or "var" not in state:
+      _checks.fail("state", "BatchNorm's state, a dict with keys ['mean', 'var']",
+                   sorted(state.keys()) if hasattr(state, "keys") else type(state).__name__)
     if x.shape[-1] != state["mean"].shape[0]:
       _checks.fail("x", f"{state['mean'].shape[0]} channels on the last axis",
                    f"shape {tuple(x.shape)}")
+    _checks.param_dict(params, (), "BatchNorm")
+    for entry in ("scale", "bias"):
+      if entry in params and tuple(jnp.shape(params[entry])) != (x.shape[-1],):
+        _checks.fail(f"params['{entry}']", f"shape ({x.shape[-1]},) (the channels of x and "
+                     "of the running statistics)", f"shape {tuple(jnp.shape(params[entry]))}")
     axes = tuple(range(x.ndim - 1))
     if train:
       m = math.prod(x.shape[:-1])
@@ -611,6 +632,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     return params, state
 
   def init(key, input_shape):
+    _checks.init_key(key)
     return init_compiled(key, input_shape_of("input_shape", input_shape))
 
   def apply(params, state, x, *, train=False, key=None, lengths=None):
@@ -676,6 +698,7 @@ def concat(*branches: Layer, name: str | None = None) -> Layer:
     return shapes[0][:-1] + (sum(s[-1] for s in shapes),)
 
   def init(key, input_shape):
+    _checks.init_key(key)
     output_shape(input_shape_of("input_shape", input_shape))
     pairs = [b.net_init(k, input_shape) for b, k in
              zip(branches, jax.random.split(key, len(branches)))]
@@ -713,6 +736,7 @@ def residual(body: Layer, shortcut: Layer | None = None, *, name: str | None = N
     return a
 
   def init(key, input_shape):
+    _checks.init_key(key)
     output_shape(input_shape_of("input_shape", input_shape))
     k_body, k_skip = jax.random.split(key)
     pb, sb = body.net_init(k_body, input_shape)
