@@ -283,6 +283,20 @@ CASES = [
     case("BatchNorm-apply-state-missing", lambda: BN.apply(BN_PARAMS, {},
                                                            np.ones((2, 3), np.float32)),
          ValueError, "state", "[]"),
+    case("Dense-apply-int-kernel", lambda: DENSE.apply(
+        {"kernel": np.ones((3, 4), np.int32)}, {}, np.ones((2, 3), np.float32)), TypeError,
+         "params['kernel']", "dtype int32"),
+    case("Conv-apply-int-kernel", lambda: nn.Conv(4, 3).apply(
+        {"kernel": K2D.astype(np.int32)}, {}, X2D), TypeError, "kernel", "dtype int32"),
+    case("Embedding-apply-int-table", lambda: EMBED.apply(
+        {"embedding": np.ones((5, 3), int)}, {}, np.zeros((2, 4), int)), TypeError,
+         "params['embedding']", "dtype int64"),
+    case("BatchNorm-apply-int-scale", lambda: BN.apply(
+        {"scale": np.ones(3, np.int32)}, BN_STATE, np.ones((2, 3), np.float32)), TypeError,
+         "params['scale']", "dtype int32"),
+    case("BatchNorm-apply-empty-batch-train", lambda: BN.apply(
+        BN_PARAMS, BN_STATE, np.ones((0, 3), np.float32), train=True), ValueError, "x",
+         "shape (0, 3)"),
     case("variance-scaling-vector-shape", lambda: nn.variance_scaling()(KEY, (3,)),
          ValueError, "shape", "(3,)"),
     case("MaxPool-init-no-spatial-axis", lambda: nn.MaxPool(2).init(KEY, (3,)), ValueError,

@@ -272,7 +272,7 @@ def Dense(features: int, *, use_bias: bool = True, kernel_init: Initializer | No
     _check_apply(train, key)
     _checks.param_dict(params, ("kernel",), f"Dense {features}")
     x = _checks.float_array("x", x)
-    kernel = params["kernel"]
+    kernel = _checks.float_array("params['kernel']", params["kernel"])
     if x.ndim < 2 or x.shape[-1] != kernel.shape[0]:
       _checks.fail("x", f"an array (N, ..., {kernel.shape[0]}) (the input size of the "
                    "kernel)", f"shape {tuple(x.shape)}")
@@ -321,14 +321,15 @@ def Embedding(num_embeddings: int, features: int, *,
     if not jnp.issubdtype(x.dtype, jnp.integer):
       _checks.fail("x", "an integer array of token ids", f"dtype {x.dtype}", TypeError)
     _checks.param_dict(params, ("embedding",), f"Embedding {num_embeddings}x{features}")
-    rows = params["embedding"].shape[0]
+    table = _checks.float_array("params['embedding']", params["embedding"])
+    rows = table.shape[0]
     if not isinstance(x, jax.core.Tracer) and x.size:
       low, high = np.min(x), np.max(x)
       if low < 0 or high >= rows:
         _checks.fail("x", f"token ids in [0, {rows}) (the rows of the embedding table)",
                      f"values in [{low}, {high}]")
     ids = jnp.where(x < 0, rows, x)  # out of range: NaN rows (mode="fill"), no wrap-around
-    return jnp.take(params["embedding"], ids, axis=0, mode="fill"), state
+    return jnp.take(table, ids, axis=0, mode="fill"), state
 
   spec = dict(kind="embedding", name=name or f"Embedding {num_embeddings}x{features}",
               num_embeddings=num_embeddings, features=features)
@@ -537,6 +538,8 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, use_scale: bool =
                    f"shape {tuple(x.shape)}")
     _checks.param_dict(params, (), "BatchNorm")
     for entry in ("scale", "bias"):
+      if entry in params:
+        _checks.float_array(f"params['{entry}']", params[entry])
       if entry in params and tuple(jnp.shape(params[entry])) != (x.shape[-1],):
         _checks.fail(f"params['{entry}']", f"shape ({x.shape[-1]},) (the channels of x and "
                      "of the running statistics)", f"shape {tuple(jnp.shape(params[entry]))}")
