@@ -2,9 +2,18 @@
 
 Each sequence shows one or two squares (3 to 4 pixels wide) moving at a constant velocity
 (up to 2 pixels a frame on each axis) over 16x16 frames and bouncing off the borders. A two
-layer ConvLSTM with peepholes (``jaxseq.cells.conv.conv_lstm``, 16 channels, 3x3 kernels)
-reads frames ``x_1..x_t`` and a 1x1 convolution of its state predicts ``x_{t+1}``
-(a per-pixel logit, binary cross-entropy). Training samples fresh sequences every step
+layer ConvLSTM with peepholes (``jaxseq.conv_lstm``, 16 channels, 3x3 kernels) reads frames
+``x_1..x_t`` and a 1x1 convolution of its state, applied at every step, predicts
+``x_{t+1}`` (a per-pixel logit, binary cross-entropy). The whole model is one
+``jaxseq.nn.serial`` of the recurrent core and the per-step readout::
+
+    model = nn.serial(jaxseq.stack(conv_lstm(16, (3, 3)), conv_lstm(16, (3, 3))),
+                      jaxseq.over_time(nn.Conv(1, (1, 1))))
+    params, state = model.init(key, (T, 16, 16, 1))    # one sequence: the frame size
+    logits, state = model.apply(params, state, frames)   # (N, T, 16, 16, 1)
+
+The peephole weights (one per pixel and channel, as in Shi et al.) take their frame size
+from ``init``'s input shape. Training samples fresh sequences every step
 (Adam); the test set is 256 held-out sequences. Predictions are scored by mean squared
 error against the true next frames from the third frame on (the velocity is unknown before
 two frames have been seen), next to the copy-the-last-frame baseline; a grid of true and
@@ -27,7 +36,7 @@ import optax  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import jaxseq  # noqa: E402
-from jaxseq.cells.conv import conv_lstm  # noqa: E402
+from jaxseq import nn  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 SIZE = 16
@@ -67,18 +76,19 @@ def main():
   rng = np.random.default_rng(args.seed)
   test = jnp.asarray(moving_squares(np.random.default_rng(args.seed + 1), 256, args.frames))
 
-  spatial = (SIZE, SIZE)
-  rnn = jaxseq.stack(conv_lstm(args.features, (3, 3), spatial_shape=spatial),
-                     conv_lstm(args.features, (3, 3), spatial_shape=spatial))
-  key_rnn, key_out = jax.random.split(jax.random.PRNGKey(args.seed))
-  params = {"rnn": rnn.init(key_rnn, 1),
-            "w_out": jax.random.normal(key_out, (args.features, 1)) / np.sqrt(args.features),
-            "b_out": jnp.full((1,), -2.0, jnp.float32)}   # most pixels are background
+  # The ConvLSTM core and a 1x1 convolution read out at every step, as one model.
+  model = nn.serial(
+      jaxseq.stack(jaxseq.conv_lstm(args.features, (3, 3)),
+                   jaxseq.conv_lstm(args.features, (3, 3))),
+      jaxseq.over_time(nn.Conv(1, (1, 1),     # most pixels are background: start at -2
+                               bias_init=jax.nn.initializers.constant(-2.0))))
+  params, state = model.init(jax.random.PRNGKey(args.seed),
+                             (args.frames - 1, SIZE, SIZE, 1))
 
   def logits(params, frames):
     """Per-pixel logits of frames 2..T given frames 1..T-1: ``(B, T-1, H, W, 1)``."""
-    hs, _ = rnn.apply(params["rnn"], frames[:, :-1])
-    return hs @ params["w_out"] + params["b_out"]
+    out, _ = model.apply(params, state, frames[:, :-1])
+    return out
 
   def loss_fn(params, frames):
     return optax.sigmoid_binary_cross_entropy(logits(params, frames), frames[:, 1:]).mean()

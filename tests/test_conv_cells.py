@@ -5,7 +5,9 @@
   axis, as TensorFlow/``lax`` define it; ``np.pad(mode="wrap")`` for ``"CIRCULAR"``):
   ConvLSTM of Shi et al. 2015 (eq. 3, Hadamard peepholes with one weight per position and
   channel) and ConvGRU of Ballas et al. 2016 (and its reset-after form).
-* Flax linen's ``ConvLSTMCell`` through ``from_flax_conv_lstm``.
+* Flax linen's ``ConvLSTMCell`` through ``from_flax_conv_lstm``/``from_flax``, stepped by
+  hand and inside ``flax.linen.RNN``, on frames of two sizes (the frame size comes from the
+  input: only peephole weights fix one).
 * ``unroll`` with ``lengths``/``reverse`` against per-sequence runs of the valid part.
 * Central finite differences (``check_grads``) in float64.
 """
@@ -18,7 +20,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+import jaxseq
 import jaxseq.interop
+from jaxseq import nn
 from jaxseq.cells.base import LSTMState
 import jaxseq.cells.conv as conv_module
 from jaxseq.cells.conv import conv_gru, conv_lstm
@@ -94,11 +98,13 @@ def np_conv_gru(p, xs, reset_after=False):
   return np.stack(ys, 1), h
 
 
-def random_params(cell, input_size, seed, scale=0.5):
-  """Params drawn by the test with the shapes of ``cell.init`` (a cell or a layer; non-zero
-  biases and peepholes, whose default init is zeros). NumPy float64 arrays."""
+def random_params(cell, input_shape, seed, scale=0.5):
+  """Params drawn by the test with the shapes of ``cell.init(key, input_shape)`` (a cell or
+  a sequence layer; ``input_shape`` is one step's ``(*spatial, C)``, or ``C`` for cells
+  without peepholes; non-zero biases and peepholes, whose default init is zeros). NumPy
+  float64 arrays."""
   rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(lambda: cell.init(KEY, input_size))
+  shapes = jax.eval_shape(lambda: cell.init(KEY, input_shape))
   return jax.tree.map(lambda v: scale * rng.standard_normal(v.shape), shapes)
 
 
@@ -113,14 +119,25 @@ def assert_close(actual, expected, atol):
 # ---- ConvLSTM and ConvGRU against the papers ------------------------------------------------
 
 def test_conv_lstm_param_layout():
-  cell = conv_lstm(F, (3, 2), spatial_shape=S)
-  params = jax.eval_shape(lambda: cell.init(KEY, C))
+  cell = conv_lstm(F, (3, 2))
+  params = jax.eval_shape(lambda: cell.init(KEY, S + (C,)))
   assert {k: v.shape for k, v in params.items()} == {
       "w_ih": (3, 2, C, 4 * F), "w_hh": (3, 2, F, 4 * F), "b": (4 * F,),
       "p_i": S + (F,), "p_f": S + (F,), "p_o": S + (F,)}
-  assert cell.spec["feature_ndim"] == 3 and cell.spec["name"] == "conv_lstm"
-  carry = jax.eval_shape(lambda: cell.initial_carry(cell.init(KEY, C), (B,)))
+  assert cell.spec.feature_ndim == 3 and cell.spec.name == "conv_lstm"
+  # initialize_carry takes one step's input shape, batch axes included (Flax's meaning).
+  carry = jax.eval_shape(lambda: cell.initialize_carry(cell.init(KEY, S + (C,)),
+                                                       (B,) + S + (C,)))
   assert carry.h.shape == carry.c.shape == (B,) + S + (F,)
+  carry = jax.eval_shape(lambda: cell.initialize_carry(cell.init(KEY, S + (C,)),
+                                                       (B, 1) + S + (C,)))
+  assert carry.h.shape == (B, 1) + S + (F,)
+  # Without peepholes no parameter depends on the frame size: C alone or any shape.
+  plain = conv_lstm(F, (3, 2), peephole=False)
+  layouts = [{k: v.shape for k, v in jax.eval_shape(lambda: plain.init(KEY, shape)).items()}
+             for shape in (C, (4, 4, C), (9, 7, C))]
+  assert layouts[0] == layouts[1] == layouts[2] == {
+      "w_ih": (3, 2, C, 4 * F), "w_hh": (3, 2, F, 4 * F), "b": (4 * F,)}
   zeros = jax.nn.initializers.zeros
   b = conv_lstm(F, (3,), peephole=False, forget_bias=1.0, kernel_init=zeros,
                 recurrent_init=zeros).init(KEY, C)["b"]
@@ -128,8 +145,8 @@ def test_conv_lstm_param_layout():
 
 
 def test_conv_lstm_matches_shi_et_al_float32():
-  cell = conv_lstm(F, (3, 3), spatial_shape=S, forget_offset=0.5)
-  params = random_params(cell, C, seed=1)
+  cell = conv_lstm(F, (3, 3), forget_offset=0.5)
+  params = random_params(cell, S + (C,), seed=1)
   xs = inputs((B, T) + S + (C,))
   ys_expected, (h, c) = np_conv_lstm(params, xs, forget_offset=0.5)
   ys, carry = jax.jit(lambda p, x: unroll(cell, p, x))(
@@ -140,7 +157,7 @@ def test_conv_lstm_matches_shi_et_al_float32():
   assert_close(carry.c, c, 1e-5)
 
 
-# kernel_size, spatial_shape, peephole, padding: 1-D/2-D/3-D, even kernels (asymmetric
+# kernel_size, spatial, peephole, padding: 1-D/2-D/3-D, even kernels (asymmetric
 # padding), periodic boundaries.
 CASES_64 = [((3,), (6,), True, "SAME"), ((2, 3), (4, 5), True, "SAME"),
             ((3, 3), (4, 4), False, "CIRCULAR"), ((3, 1, 2), (3, 2, 3), True, "SAME")]
@@ -148,8 +165,8 @@ CASES_64 = [((3,), (6,), True, "SAME"), ((2, 3), (4, 5), True, "SAME"),
 
 @pytest.mark.parametrize("kernel_size, spatial, peephole, padding", CASES_64)
 def test_conv_lstm_matches_shi_et_al_float64(kernel_size, spatial, peephole, padding, x64):
-  cell = conv_lstm(F, kernel_size, spatial_shape=spatial, peephole=peephole, padding=padding)
-  params = random_params(cell, C, seed=len(spatial))
+  cell = conv_lstm(F, kernel_size, peephole=peephole, padding=padding)
+  params = random_params(cell, spatial + (C,), seed=len(spatial))
   xs = inputs((B, 3) + spatial + (C,), seed=2)
   ys_expected, (h, c) = np_conv_lstm(params, xs, peephole, padding)
   ys, carry = unroll(cell, jax.tree.map(jnp.asarray, params), jnp.asarray(xs))
@@ -161,7 +178,7 @@ def test_conv_lstm_matches_shi_et_al_float64(kernel_size, spatial, peephole, pad
 
 @pytest.mark.parametrize("reset_after", [False, True])
 def test_conv_gru_matches_ballas_et_al_float64(reset_after, x64):
-  cell = conv_gru(F, (3, 3), spatial_shape=S, reset_after=reset_after)
+  cell = conv_gru(F, (3, 3), reset_after=reset_after)
   params = random_params(cell, C, seed=3)
   shapes = {k: v.shape for k, v in params.items()}
   assert shapes == {"w_ih": (3, 3, C, 3 * F), "w_hh": (3, 3, F, 3 * F), "b": (3 * F,),
@@ -173,10 +190,51 @@ def test_conv_gru_matches_ballas_et_al_float64(reset_after, x64):
   assert_close(carry, h, 1e-10)
 
 
+# Cells whose params fit every frame size, with their NumPy oracles.
+ANY_FRAME_SIZE = {
+    "conv_lstm": (lambda: conv_lstm(F, (3, 3), peephole=False, forget_offset=1.0),
+                  lambda p, xs: np_conv_lstm(p, xs, False, forget_offset=1.0)),
+    "conv_lstm_circular": (lambda: conv_lstm(F, (2, 3), peephole=False, padding="CIRCULAR"),
+                           lambda p, xs: np_conv_lstm(p, xs, False, "CIRCULAR")),
+    "conv_gru": (lambda: conv_gru(F, (3, 3), reset_after=True),
+                 lambda p, xs: np_conv_gru(p, xs, True)),
+}
+
+
+@pytest.mark.parametrize("name", list(ANY_FRAME_SIZE))
+def test_same_params_run_on_8x8_and_16x16_frames(name, x64):
+  """One set of params (``init(key, C)``: no frame size anywhere) on two frame sizes, each
+  against the NumPy oracle; ``step`` from ``initialize_carry(params, x_t.shape)`` is
+  ``recur(project(x_t))`` and, driven by hand, gives ``unroll``'s results."""
+  make_cell, oracle = ANY_FRAME_SIZE[name]
+  cell = make_cell()
+  params_np = random_params(cell, C, seed=21)
+  params = jax.tree.map(jnp.asarray, params_np)
+  run = jax.jit(lambda p, x: unroll(cell, p, x))
+  step = jax.jit(cell.step)
+  for size in (8, 16):
+    xs = inputs((B, 3, size, size, C), seed=size)
+    ys_expected, carry_expected = oracle(params_np, xs)
+    ys, carry = run(params, jnp.asarray(xs))
+    assert ys.dtype == jnp.float64 and ys.shape == (B, 3, size, size, F)
+    assert_close(ys, ys_expected, 1e-10)
+    for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(carry_expected)):
+      assert got.shape == (B, size, size, F)
+      assert_close(got, want, 1e-10)
+    by_hand = cell.initialize_carry(params, xs[:, 0].shape)
+    for t in range(xs.shape[1]):
+      x_t = jnp.asarray(xs[:, t])
+      split = cell.recur(params, by_hand, cell.project(params, x_t))
+      by_hand, y_t = step(params, by_hand, x_t)
+      for a, b in zip(jax.tree.leaves((by_hand, y_t)), jax.tree.leaves(split)):
+        assert_close(a, b, 1e-12)
+      assert_close(y_t, ys_expected[:, t], 1e-10)
+
+
 def test_gradients_match_finite_differences(x64):
-  lstm = conv_lstm(2, (3, 3), spatial_shape=(3, 3))
-  gru = conv_gru(2, (2,), spatial_shape=(4,))
-  p_lstm = jax.tree.map(jnp.asarray, random_params(lstm, 1, seed=5))
+  lstm = conv_lstm(2, (3, 3))
+  gru = conv_gru(2, (2,))
+  p_lstm = jax.tree.map(jnp.asarray, random_params(lstm, (3, 3, 1), seed=5))
   p_gru = jax.tree.map(jnp.asarray, random_params(gru, 1, seed=6))
   x_lstm = jnp.asarray(inputs((1, 2, 3, 3, 1), seed=7))
   x_gru = jnp.asarray(inputs((1, 3, 4, 1), seed=8))
@@ -187,8 +245,8 @@ def test_gradients_match_finite_differences(x64):
 def test_patch_kernel_gradient_matches_lax_gradient(monkeypatch):
   """The CPU fast path (kernel gradient through im2col patches) against lax's own
   derivatives of the same cell, in reverse and forward mode, through a scan."""
-  cell = conv_lstm(F, (3, 2), spatial_shape=S, padding="CIRCULAR")
-  params = jax.tree.map(jnp.float32, random_params(cell, C, seed=16))
+  cell = conv_lstm(F, (3, 2), padding="CIRCULAR")
+  params = jax.tree.map(jnp.float32, random_params(cell, S + (C,), seed=16))
   xs = jnp.asarray(inputs((B, 3) + S + (C,), seed=17), jnp.float32)
   loss = lambda p, x: jnp.sum(unroll(cell, p, x)[0] ** 2)
   tangent = jax.tree.map(jnp.ones_like, params)
@@ -213,6 +271,13 @@ def flax_run(module, params, xs, carry):
   return jnp.stack(ys, 1), carry
 
 
+def random_flax_params(variables, seed, dtype=jnp.float32):
+  """Every leaf of Flax's params redrawn (Flax initialises biases to zero)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda a: jnp.asarray(0.5 * rng.standard_normal(a.shape), dtype),
+                      variables["params"])
+
+
 @pytest.mark.parametrize("kernel_size, spatial, use_bias, padding",
                          [((3, 3), S, True, "SAME"), ((2,), (6,), False, "CIRCULAR")])
 def test_from_flax_conv_lstm_matches_flax(kernel_size, spatial, use_bias, padding):
@@ -220,41 +285,64 @@ def test_from_flax_conv_lstm_matches_flax(kernel_size, spatial, use_bias, paddin
                                 padding=padding)
   xs = jnp.asarray(inputs((B, T) + spatial + (C,), seed=9), jnp.float32)
   carry0 = module.initialize_carry(KEY, xs[:, 0].shape)
-  # Flax initialises biases to zero: draw every leaf so that the biases count.
-  variables = jax.eval_shape(module.init, KEY, carry0, xs[:, 0])
-  rng = np.random.default_rng(10)
-  flax_params = jax.tree.map(lambda a: jnp.asarray(0.5 * rng.standard_normal(a.shape),
-                                                   jnp.float32), variables["params"])
+  flax_params = random_flax_params(jax.eval_shape(module.init, KEY, carry0, xs[:, 0]), 10)
   ys_flax, (c_flax, h_flax) = flax_run(module, flax_params, xs, carry0)
 
-  cell, params = from_flax_conv_lstm(module, {"params": flax_params}, spatial_shape=spatial)
+  cell, params = from_flax_conv_lstm(module, {"params": flax_params})
+  assert not cell.spec.peephole and set(params) == ({"w_ih", "w_hh", "b"} if use_bias
+                                                    else {"w_ih", "w_hh"})
   ys, carry = unroll(cell, params, xs)
   assert_close(ys, ys_flax, 1e-5)
   assert_close(carry.h, h_flax, 1e-5)
   assert_close(carry.c, c_flax, 1e-5)
   # The inner params dict is accepted too, and converts to the same arrays.
-  _, same = from_flax_conv_lstm(module, flax_params, spatial_shape=spatial)
+  _, same = from_flax_conv_lstm(module, flax_params)
   assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), same, params))
 
 
-def test_from_flax_dispatch_without_spatial_shape():
-  """``jaxseq.interop.from_flax`` has no frame size: the cell steps on any frame size and a
-  zero carry asks for ``spatial_shape``."""
+def test_from_flax_dispatch_steps_like_flax():
+  """``jaxseq.interop.from_flax`` knows no frame size: one step from Flax's carry is
+  Flax's step, and ``unroll`` of that one step (from its own zero carry) agrees."""
   module = flax_nn.ConvLSTMCell(features=F, kernel_size=(3, 3))
   x = jnp.asarray(inputs((B, 4, 6, C), seed=11), jnp.float32)
   carry0 = module.initialize_carry(KEY, x.shape)
-  variables = jax.eval_shape(module.init, KEY, carry0, x)
-  rng = np.random.default_rng(19)
-  flax_params = jax.tree.map(lambda a: jnp.asarray(0.5 * rng.standard_normal(a.shape),
-                                                   jnp.float32), variables["params"])
+  flax_params = random_flax_params(jax.eval_shape(module.init, KEY, carry0, x), 19)
   (c_flax, h_flax), y_flax = module.apply({"params": flax_params}, carry0, x)
   cell, params = jaxseq.interop.from_flax(module, {"params": flax_params})
   carry, y = cell.step(params, LSTMState(h=carry0[1], c=carry0[0]), x)
   assert_close(y, y_flax, 1e-5)
   assert_close(carry.h, h_flax, 1e-5)
   assert_close(carry.c, c_flax, 1e-5)
-  with pytest.raises(ValueError, match="spatial_shape: expected the frame size"):
-    unroll(cell, params, x[:, None])
+  ys, carry = unroll(cell, params, x[:, None])
+  assert_close(ys[:, 0], y_flax, 1e-5)
+  assert_close(carry.c, c_flax, 1e-5)
+
+
+@pytest.mark.parametrize("kernel_size, sizes, padding",
+                         [((3, 3), ((8, 8), (16, 16)), "SAME"),
+                          ((2,), ((6,), (11,)), "CIRCULAR")])
+def test_from_flax_unrolls_like_flax_rnn_on_two_frame_sizes(kernel_size, sizes, padding, x64):
+  """``from_flax(ConvLSTMCell)`` without a frame size, ``unroll`` on two frame sizes with
+  the same params, against ``flax.linen.RNN(ConvLSTMCell)`` in float64."""
+  module = flax_nn.ConvLSTMCell(features=F, kernel_size=kernel_size, padding=padding,
+                                param_dtype=jnp.float64)
+  rnn = flax_nn.RNN(module)
+  shapes = jax.eval_shape(rnn.init, KEY, jnp.zeros((B, T) + sizes[0] + (C,)))
+  variables = {"params": random_flax_params(shapes, 23, jnp.float64)}
+  cell, params = jaxseq.interop.from_flax(rnn.cell, variables["params"]["cell"])
+  assert "p_o" not in params
+  run = jax.jit(lambda x: unroll(cell, params, x))
+  flax_apply = jax.jit(lambda x: rnn.apply(variables, x, return_carry=True))
+  for size in sizes:
+    xs = jnp.asarray(inputs((B, T) + size + (C,), seed=sum(size)))
+    (c_flax, h_flax), ys_flax = flax_apply(xs)
+    ys, carry = run(xs)
+    assert ys.dtype == ys_flax.dtype == jnp.float64
+    assert ys.shape == ys_flax.shape == (B, T) + size + (F,)
+    # Equal in exact arithmetic; only the order of the bias sums differs.
+    assert_close(ys, ys_flax, 1e-12)
+    assert_close(carry.h, h_flax, 1e-12)
+    assert_close(carry.c, c_flax, 1e-12)
 
 
 def test_from_flax_conv_lstm_rejects_unsupported_options():
@@ -275,12 +363,12 @@ def test_from_flax_conv_lstm_rejects_unsupported_options():
 
 # ---- sequences and layers -----------------------------------------------------------------
 
-@pytest.mark.parametrize("make_cell", [
-    lambda: conv_lstm(F, (3, 3), spatial_shape=S),
-    lambda: conv_gru(F, (3, 3), spatial_shape=S)], ids=["conv_lstm", "conv_gru"])
-def test_unroll_lengths_and_reverse_match_per_sequence_runs(make_cell):
+@pytest.mark.parametrize("make_cell, init_shape", [
+    (lambda: conv_lstm(F, (3, 3)), S + (C,)),
+    (lambda: conv_gru(F, (3, 3)), C)], ids=["conv_lstm", "conv_gru"])
+def test_unroll_lengths_and_reverse_match_per_sequence_runs(make_cell, init_shape):
   cell = make_cell()
-  params = jax.tree.map(jnp.float32, random_params(cell, C, seed=12))
+  params = jax.tree.map(jnp.float32, random_params(cell, init_shape, seed=12))
   xs = jnp.asarray(inputs((3, T) + S + (C,), seed=13), jnp.float32)
   xs = xs.at[2, 2:].set(jnp.nan)    # padding must not leak
   lengths = np.array([T, 0, 2])
@@ -288,7 +376,7 @@ def test_unroll_lengths_and_reverse_match_per_sequence_runs(make_cell):
                 static_argnums=2)
   single = jax.jit(lambda x, reverse: unroll(cell, params, x, reverse=reverse),
                    static_argnums=1)
-  zero = cell.initial_carry(params, ())
+  zero = cell.initialize_carry(params, S + (C,))   # one unbatched step's input shape
   for reverse in (False, True):
     ys, carry = run(xs, lengths, reverse)
     for b, n in enumerate(lengths):
@@ -303,14 +391,15 @@ def test_unroll_lengths_and_reverse_match_per_sequence_runs(make_cell):
 
 
 def test_bidirectional_stack_and_dropout_with_conv_cells():
-  lstm = conv_lstm(F, (3, 3), spatial_shape=S)
-  gru = conv_gru(2 * F, (1, 1), spatial_shape=S)
+  lstm = conv_lstm(F, (3, 3))
+  gru = conv_gru(2 * F, (1, 1))
   layer = stack(bidirectional(lstm),
                 recurrent(gru, recurrent_dropout=0.3),
-                recurrent(conv_gru(2 * F, (3, 3), spatial_shape=S)),
+                recurrent(conv_gru(2 * F, (3, 3))),
                 residual=True)
-  params = jax.tree.map(jnp.float32, random_params(layer, C, seed=18))
+  params = jax.tree.map(jnp.float32, random_params(layer, S + (C,), seed=18))
   assert params[0]["forward"]["w_ih"].shape == (3, 3, C, 4 * F)
+  assert params[0]["backward"]["p_o"].shape == S + (F,)
   assert params[1]["w_ih"].shape == (1, 1, 2 * F, 6 * F)
   xs = jnp.asarray(inputs((B, T) + S + (C,), seed=14), jnp.float32)
   lengths = jnp.array([T, 2])
@@ -323,18 +412,42 @@ def test_bidirectional_stack_and_dropout_with_conv_cells():
   assert ys_drop.shape == ys.shape and np.isfinite(np.asarray(ys_drop)).all()
   assert not np.allclose(ys_drop, ys)
   # Without a key the stack is its layers run one after another.
+  last = layer.spec.layers[2].spec.cell
   @jax.jit
   def by_hand(params, xs):
     h0, _ = unroll(lstm, params[0]["forward"], xs, lengths=lengths)
     h1, _ = unroll(lstm, params[0]["backward"], xs, lengths=lengths, reverse=True)
     h = jnp.concatenate([h0, h1], -1)
     h = h + unroll(gru, params[1], h, lengths=lengths)[0]
-    return h + unroll(layer.spec["layers"][2]["cell"], params[2], h, lengths=lengths)[0]
+    return h + unroll(last, params[2], h, lengths=lengths)[0]
   assert_close(ys, by_hand(params, xs), 1e-5)
 
 
+def test_serial_model_with_per_step_conv_readout(x64):
+  """``nn.serial(recurrent(conv_lstm), over_time(nn.Conv))``: one model, one set of params,
+  on 8x8 and 16x16 frames, against the NumPy ConvLSTM followed by the 1x1 readout."""
+  model = nn.serial(jaxseq.recurrent(conv_lstm(F, (3, 3), peephole=False)),
+                    jaxseq.over_time(nn.Conv(1, (1, 1))))
+  shapes, state = model.init(KEY, (T, 8, 8, C))
+  assert shapes[0]["w_ih"].shape == (3, 3, C, 4 * F)
+  assert shapes[1]["kernel"].shape == (1, 1, F, 1) and shapes[1]["bias"].shape == (1,)
+  assert model.output_shape((T, 16, 16, C)) == (T, 16, 16, 1)
+  rng = np.random.default_rng(24)
+  params_np = jax.tree.map(lambda a: 0.5 * rng.standard_normal(a.shape), shapes)
+  params = jax.tree.map(jnp.asarray, params_np)
+  apply = jax.jit(lambda p, s, x: model.apply(p, s, x))
+  for size in (8, 16):
+    xs = inputs((B, T, size, size, C), seed=25 + size)
+    y, new_state = apply(params, state, jnp.asarray(xs))
+    hs, _ = np_conv_lstm(params_np[0], xs, peephole=False)
+    expected = hs @ params_np[1]["kernel"][0, 0] + params_np[1]["bias"]
+    assert y.shape == (B, T, size, size, 1)
+    assert_close(y, expected, 1e-10)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+
+
 def test_default_init_time_major_and_unbatched_inputs():
-  cell = conv_gru(F, (3,), spatial_shape=(6,))
+  cell = conv_gru(F, (3,))
   params = cell.init(KEY, C)
   # PyTorch's conv default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = k * in; zero biases.
   for name, fan_in in (("w_ih", 3 * C), ("w_hh", 3 * F)):
@@ -349,31 +462,79 @@ def test_default_init_time_major_and_unbatched_inputs():
   assert_close(ys_one, ys[1], 1e-6)
 
 
-# ---- bad input ----------------------------------------------------------------------------
+# ---- frame sizes and bad input -------------------------------------------------------------
+
+def test_peephole_params_fix_the_frame_size():
+  """Peephole weights are one per position: params from ``init(key, (8, 8, C))`` run on
+  8x8 frames and a step on 16x16 frames fails naming ``x_t``, whatever the carry."""
+  cell = conv_lstm(F, (3, 3))
+  params = jax.tree.map(jnp.float32, random_params(cell, (8, 8, C), seed=22))
+  assert params["p_i"].shape == params["p_o"].shape == (8, 8, F)
+  x8, x16 = jnp.ones((B, 8, 8, C)), jnp.ones((B, 16, 16, C))
+  carry, y = cell.step(params, cell.initialize_carry(params, x8.shape), x8)
+  assert y.shape == (B, 8, 8, F) and np.isfinite(np.asarray(y)).all()
+  message = (r"^x_t: expected frames of spatial shape \(8, 8\) .*peephole.*"
+             r"got shape \(2, 16, 16, 2\)$")
+  with pytest.raises(ValueError, match=message):
+    cell.step(params, cell.initialize_carry(params, x16.shape), x16)
+  with pytest.raises(ValueError, match=message):
+    cell.step(params, carry, x16)
+  assert unroll(cell, params, x8[:, None])[0].shape == (B, 1, 8, 8, F)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "library: unroll blames `params` (\"params: expected params of conv_lstm for input "
+    "shape (16, 16, 2) ...\") for frames of the wrong size, where cell.step names x_t; "
+    "_checks.cell_params re-blames xs for a wrong channel count but not for a wrong frame "
+    "size"))
+def test_unroll_of_peephole_params_on_other_frames_names_the_input():
+  cell = conv_lstm(F, (3, 3))
+  params = jax.tree.map(jnp.float32, random_params(cell, (8, 8, C), seed=22))
+  with pytest.raises(ValueError, match=r"^(x_t|xs): .*\(8, 8\)"):
+    unroll(cell, params, jnp.ones((B, T, 16, 16, C)))
+
+
+def test_peephole_init_needs_the_frame_size():
+  cell = conv_lstm(F, (3, 3))
+  with pytest.raises(ValueError, match=r"^input_shape: expected one step's input shape "
+                     r"\(\*spatial \(2 axes\), channels\) \(conv_lstm with peephole=True "
+                     r"has one peephole weight per position and channel of the state\), "
+                     r"got 2$"):
+    cell.init(KEY, C)
+  with pytest.raises(ValueError, match=r"^input_shape: .*peephole.*got \(5, 2\)$"):
+    cell.init(KEY, (5, C))     # a frame axis short
+  # Without peepholes the channels are enough.
+  plain = conv_lstm(F, (3, 3), peephole=False)
+  assert jax.eval_shape(lambda: plain.init(KEY, C))["w_ih"].shape == (3, 3, C, 4 * F)
+
 
 def test_bad_input_fails_early_with_clear_errors():
-  cell = conv_lstm(F, (3, 3), spatial_shape=S)
-  params = jax.tree.map(jnp.float32, random_params(cell, C, seed=20))
+  cell = conv_lstm(F, (3, 3))
+  params = jax.tree.map(jnp.float32, random_params(cell, S + (C,), seed=20))
   good = jnp.zeros((B, T) + S + (C,))
   with pytest.raises(ValueError, match=r"xs: expected feature size 2 .* got feature size 5"):
     unroll(cell, params, jnp.zeros((B, T) + S + (5,)))
   with pytest.raises(ValueError, match=r"xs: expected an array of rank >= 4"):
     unroll(cell, params, jnp.zeros(S + (C,)))
-  with pytest.raises(ValueError, match=r"x_t: expected spatial shape \(5, 5\)"):
-    unroll(cell, params, jnp.zeros((B, T, 5, 4, C)))
-  with pytest.raises(ValueError, match=r"x_t: expected spatial shape \(5, 5\)"):
-    unroll(cell, params, jnp.zeros((T, 5, 5, C))[None, :, :, 0])  # a frame axis lost
-  with pytest.raises(ValueError, match=r"carry: expected a carry shaped"):
-    unroll(cell, params, good, carry=cell.initial_carry(params, (B + 1,)))
-  with pytest.raises(ValueError, match=r"carry: expected a state of shape \(2, 5, 5, 3\)"):
-    cell.step(params, cell.initial_carry(params, (1,)), good[:, 0])
+  with pytest.raises(ValueError, match=r"x_t: expected 2 channels"):
+    cell.step(params, cell.initialize_carry(params, (B,) + S + (C,)),
+              jnp.zeros((B,) + S + (5,)))
+  with pytest.raises(ValueError, match=r"^carry: expected a carry shaped .* for inputs of "
+                     r"shape \(2, 5, 5, 2\)"):
+    unroll(cell, params, good, carry=cell.initialize_carry(params, (B + 1,) + S + (C,)))
+  with pytest.raises(ValueError, match=r"^carry: expected the conv_lstm carry for x_t of "
+                     r"shape \(2, 5, 5, 2\), shaped \{\.h: \(2, 5, 5, 3\)"):
+    cell.step(params, cell.initialize_carry(params, (1,) + S + (C,)), good[:, 0])
   with pytest.raises(TypeError, match="xs: expected a floating-point array"):
     unroll(cell, params, good.astype(jnp.int32))
-  with pytest.raises(ValueError, match="spatial_shape: expected the frame size for "
-                     "peephole=True"):
-    conv_lstm(F, (3, 3))
-  with pytest.raises(ValueError, match=r"spatial_shape: expected None or 2 positive ints"):
-    conv_lstm(F, (3, 3), spatial_shape=(5,))
+  # The batch-shape carry of dense cells has no frame size: conv cells refuse it.
+  with pytest.warns(DeprecationWarning), pytest.raises(
+      TypeError, match=r"^batch_shape: expected initialize_carry\(params, input_shape\)"):
+    cell.initial_carry(params, (B,))
+  gru = conv_gru(F, (3, 3))
+  with pytest.raises(ValueError, match=r"^input_shape: expected one step's input shape "
+                     r"\(\*batch, \*spatial \(2 axes\), channels\) for conv_gru, got \(2, 2\)"):
+    gru.initialize_carry(gru.init(KEY, C), (B, C))
   with pytest.raises(TypeError, match="kernel_size: expected a tuple of positive ints"):
     conv_gru(F, 3)
   with pytest.raises(ValueError, match="kernel_size: expected a positive int, got 0"):
@@ -382,6 +543,3 @@ def test_bad_input_fails_early_with_clear_errors():
     conv_gru(F, (3, 3), padding="VALID")
   with pytest.raises(ValueError, match="features: expected a positive int"):
     conv_gru(0, (3, 3))
-  with pytest.raises(ValueError, match="spatial_shape: expected the frame size given to "
-                     "conv_gru"):
-    conv_gru(F, (3, 3)).initial_carry(params, (B,))
