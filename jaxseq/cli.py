@@ -2,30 +2,33 @@
 
     jaxseq gradflow                         # |dL/dh_t| against lag, at init, to ./jaxseq-out
     jaxseq gradflow --cells lstm,gru --length 500 --init orthogonal --train-steps 200
-    jaxseq train adding --cell lstm --length 100 --steps 2000
+    jaxseq train adding --cell lstm         # the task's validated defaults: solves T <= 200
     jaxseq lyapunov --cell gru --hidden 64 --k 10
-    jaxseq reproduce --quick                # benchmarks/reproduce.py, from a source checkout
+    jaxseq reproduce --quick                # published claims at CPU scale (jaxseq.reproduce)
 
-Bad arguments exit with status 2 and one line on stderr (argparse's convention). Set
-``JAXSEQ_TRACEBACK=1`` to see the traceback of an error raised by the library instead.
+This module only parses arguments and prints: the cells and init schemes live in
+``jaxseq.registry``, the per-task training defaults and verdicts in ``jaxseq.train``, the
+gradient-norm experiment in ``jaxseq.experiments``, the figures in ``jaxseq.plots`` and the
+reproduction in ``jaxseq.reproduce``.
+
+Bad arguments, and a missing optional dependency, exit with status 2 and one line on stderr
+(argparse's convention). Set ``JAXSEQ_TRACEBACK=1`` to see the traceback of an error raised
+by the library instead.
 """
 from __future__ import annotations
 
 import argparse
-import csv
+import math
 import os
 import pathlib
 import sys
 import time
 from typing import Any, Callable, Sequence
 
-CELLS = ("simple_rnn", "lstm", "gru", "mgu")
-INITS = ("default", "orthogonal", "identity", "glorot")
-ACTIVATIONS = ("tanh", "relu", "linear")
-TASK_NAMES = ("adding", "copy", "temporal_order", "sequential_digits", "permuted_digits")
-OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
-LAGS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-CSV_COLUMNS = ("cell", "phase", "lag", "norm", "relative_norm")
+from jaxseq import registry, tasks
+from jaxseq import train as train_lib
+
+TASK_NAMES = tuple(tasks.TASKS)
 
 
 class UsageError(ValueError):
@@ -37,87 +40,6 @@ class _Parser(argparse.ArgumentParser):
 
   def error(self, message: str):
     self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-# ----------------------------------------------------------------------------- cells
-
-
-def make_cell(name: str, hidden_size: int, init: str = "default", *,
-              activation: str = "tanh", forget_bias: float | None = None,
-              chrono_t_max: float | None = None):
-  """Builds a cell by name with a named initialisation scheme.
-
-  Schemes (recurrent kernels are initialised per gate block):
-    * ``default``: PyTorch's U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias.
-    * ``orthogonal``: orthogonal recurrent kernel (Saxe et al. 2014), Glorot-uniform input
-      kernel, zero bias (Keras' recurrent defaults).
-    * ``identity``: identity recurrent kernel, N(0, 0.001^2) input kernel, zero bias (Le et
-      al. 2015); with ``activation="relu"`` on ``simple_rnn`` this is the IRNN.
-    * ``glorot``: Glorot-uniform input and recurrent kernels, zero bias.
-
-  Args:
-    name: one of ``CELLS``.
-    hidden_size: ``H``.
-    init: one of ``INITS``.
-    activation: ``simple_rnn``'s nonlinearity, one of ``ACTIVATIONS``.
-    forget_bias: ``lstm``'s constant forget-gate bias (Gers et al. 2000).
-    chrono_t_max: ``lstm``'s chrono initialisation (Tallec & Ollivier 2018).
-
-  Returns:
-    A ``jaxseq.Cell``.
-  """
-  import jax
-  import jax.numpy as jnp
-  from jaxseq import cells, initializers
-
-  if name not in CELLS:
-    raise UsageError(f"cell: expected one of {', '.join(CELLS)}, got {name!r}")
-  if init not in INITS:
-    raise UsageError(f"init: expected one of {', '.join(INITS)}, got {init!r}")
-  schemes = {
-      "default": {},
-      "orthogonal": dict(kernel_init=initializers.glorot_uniform(),
-                         recurrent_init=initializers.orthogonal(),
-                         bias_init=initializers.zeros),
-      "identity": dict(kernel_init=initializers.normal(0.001),
-                       recurrent_init=initializers.identity(),
-                       bias_init=initializers.zeros),
-      "glorot": dict(kernel_init=initializers.glorot_uniform(),
-                     recurrent_init=initializers.glorot_uniform(),
-                     bias_init=initializers.zeros),
-  }
-  options: dict[str, Any] = dict(schemes[init])
-  if name == "simple_rnn":
-    options["activation"] = {"tanh": jnp.tanh, "relu": jax.nn.relu,
-                             "linear": lambda x: x}[activation]
-  if name == "lstm":
-    options.update(forget_bias=forget_bias, chrono_t_max=chrono_t_max)
-  return getattr(cells, name)(hidden_size, **options)
-
-
-def sequence_length(task, length: int) -> int:
-  """Steps in the task's sequences for ``length`` (``length + 20`` for copy, 64 for digits)."""
-  import jax
-  shape = jax.eval_shape(lambda key: task.sample(key, 1, length)[0], jax.random.PRNGKey(0))
-  return shape.shape[1]
-
-
-def _cell_from_args(args, name: str, length: int):
-  """The cell the options describe; ``length`` is the number of steps (chrono's T_max)."""
-  chrono = None
-  if getattr(args, "chrono", None) is not None:
-    chrono = float(length) if args.chrono == "length" else args.chrono
-  return make_cell(name, args.hidden, args.init, activation=args.activation,
-                   forget_bias=args.forget_bias, chrono_t_max=chrono)
-
-
-def _check_cell_options(args, names: Sequence[str]) -> None:
-  """Cell-specific options must apply to at least one of the chosen cells."""
-  if args.activation != "tanh" and "simple_rnn" not in names:
-    raise UsageError(f"--activation: applies to simple_rnn only, got cells {', '.join(names)}")
-  for option, value in (("--forget-bias", args.forget_bias), ("--chrono", args.chrono)):
-    if value is not None and "lstm" not in names:
-      raise UsageError(f"{option}: applies to lstm only, got cells {', '.join(names)}")
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -138,7 +60,9 @@ def _number(convert: Callable[[str], Any], accept: Callable[[Any], bool], expect
 
 _positive_int = _number(int, lambda v: v > 0, "a positive int")
 _nonnegative_int = _number(int, lambda v: v >= 0, "an int >= 0")
-_positive_float = _number(float, lambda v: v > 0, "a positive number")
+_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0,
+                          "a positive finite number")
+_finite_float = _number(float, math.isfinite, "a finite number")
 
 
 def _chrono(text: str):
@@ -161,24 +85,80 @@ def _name_list(text: str, choices: Sequence[str], option: str) -> list[str]:
   return list(dict.fromkeys(names))  # drop repeats, keep order
 
 
-def _task(name: str):
-  from jaxseq import tasks
+def _task(name: str) -> tasks.Task:
   if name not in tasks.TASKS:
     raise UsageError(f"task: expected one of {', '.join(tasks.TASKS)}, got {name!r}")
   return tasks.TASKS[name]
 
 
+def _cell_name(option: str, name: str) -> str:
+  if name not in registry.CELLS:
+    raise UsageError(f"{option}: expected one of {', '.join(registry.CELLS)}, got {name!r}")
+  return name
+
+
+def _output_folder(option: str, text: str) -> pathlib.Path:
+  """A folder to write into: not a file, nor under one (checked before any work)."""
+  path = pathlib.Path(text)
+  if path.exists() and not path.is_dir():
+    raise UsageError(f"{option}: expected a folder, got {text!r}, which is a file")
+  for parent in path.absolute().parents:
+    if parent.exists():
+      if not parent.is_dir():
+        raise UsageError(f"{option}: expected a folder path, got {text!r}, under the file "
+                         f"{str(parent)!r}")
+      break
+  return path
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+def _check_cell_options(args, names: Sequence[str]) -> None:
+  """Cell-specific options must apply to at least one of the chosen cells."""
+  if args.activation != "tanh" and "simple_rnn" not in names:
+    raise UsageError(f"--activation: applies to simple_rnn only, got cells {', '.join(names)}")
+  for option, value in (("--forget-bias", args.forget_bias), ("--chrono", args.chrono)):
+    if value is not None and "lstm" not in names:
+      raise UsageError(f"{option}: applies to lstm only, got cells {', '.join(names)}")
+  if args.forget_bias is not None and args.chrono is not None:
+    raise UsageError("--forget-bias, --chrono: expected at most one of them, got both")
+
+
+def _cell_options(args, name: str, num_steps: int) -> dict:
+  """The init options of ``args`` that apply to cell ``name`` (``registry.make_cell``'s)."""
+  chrono = None
+  if args.chrono is not None:
+    chrono = float(num_steps) if args.chrono == "length" else args.chrono
+  return dict(init=args.init,
+              activation=args.activation if name == "simple_rnn" else "tanh",
+              forget_bias=args.forget_bias if name == "lstm" else None,
+              chrono_t_max=chrono if name == "lstm" else None)
+
+
+def _measured_cell(args, name: str, num_steps: int):
+  """``(cell, description)`` for gradflow and lyapunov: the scheme ``--init`` names
+  (``default`` without it), no task defaults."""
+  options = _cell_options(args, name, num_steps)
+  options["init"] = options["init"] or "default"
+  return (registry.make_cell(name, args.hidden, **options),
+          registry.describe_cell(name, args.hidden, **options))
+
+
 # ----------------------------------------------------------------------------- parser
 
 
-def _add_cell_options(parser: argparse.ArgumentParser, hidden: int) -> None:
+def _add_cell_options(parser: argparse.ArgumentParser, hidden: int | None) -> None:
+  hidden_help = (f"hidden size (default {hidden})" if hidden is not None
+                 else "hidden size (default: the task's, 128)")
   parser.add_argument("--hidden", type=_positive_int, default=hidden, metavar="H",
-                      help=f"hidden size (default {hidden})")
-  parser.add_argument("--init", choices=INITS, default="default",
-                      help="initialisation scheme (default: PyTorch's U(-1/sqrt(H), 1/sqrt(H)))")
-  parser.add_argument("--activation", choices=ACTIVATIONS, default="tanh",
+                      help=hidden_help)
+  parser.add_argument("--init", choices=registry.INITS, default=None,
+                      help="initialisation scheme (default: PyTorch's "
+                      "U(-1/sqrt(H), 1/sqrt(H)))")
+  parser.add_argument("--activation", choices=registry.ACTIVATIONS, default="tanh",
                       help="simple_rnn's activation; relu with --init identity is the IRNN")
-  parser.add_argument("--forget-bias", type=float, default=None, metavar="B",
+  parser.add_argument("--forget-bias", type=_finite_float, default=None, metavar="B",
                       help="lstm: constant forget-gate bias (e.g. 1.0)")
   parser.add_argument("--chrono", type=_chrono, default=None, nargs="?", const="length",
                       metavar="T_MAX",
@@ -186,7 +166,20 @@ def _add_cell_options(parser: argparse.ArgumentParser, hidden: int) -> None:
   parser.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
 
 
+def _defaults_help() -> str:
+  lines = []
+  for name, d in train_lib.DEFAULTS.items():
+    steps = ", ".join(f"{s} steps up to T={t}" for t, s in d.steps)
+    init = "".join(f"; {cell}: {', '.join(f'{k}={v}' for k, v in opts.items())}"
+                   for cell, opts in d.cell_options.items())
+    lines.append(f"{name}: T={d.length} (validated up to {d.max_length}), {steps}, batch "
+                 f"{d.batch_size}, lr {d.learning_rate:g}, H={d.hidden_size}{init}")
+  return "; ".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
+  from jaxseq import reproduce
+
   parser = _Parser(
       prog="jaxseq", description="Gradient-flow diagnostics and long-range benchmarks for "
       "recurrent cells, as pure JAX functions.")
@@ -199,13 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
       "against the lag k = T-1-t, at initialisation and (with --train-steps) after training "
       "on the task. Prints a table and writes gradflow.csv and gradflow.png to --out.")
   p.add_argument("--cells", default="simple_rnn,lstm,gru", metavar="LIST",
-                 help=f"comma-separated cells from {', '.join(CELLS)} "
+                 help=f"comma-separated cells from {', '.join(registry.CELLS)} "
                  "(default simple_rnn,lstm,gru)")
   p.add_argument("--length", type=_positive_int, default=100, metavar="T",
                  help="sequence length, the delay for copy (default 100)")
   p.add_argument("--batch-size", type=_positive_int, default=16, metavar="B",
                  help="sequences in the measured batch, taken from the task's evaluation "
-                 "set (at most 512), and the training batch size (default 16)")
+                 "set (at most its size, 512 for the synthetic tasks), and the training "
+                 "batch size (default 16)")
   p.add_argument("--task", default="adding", metavar="TASK",
                  help=f"task giving inputs and loss, one of {', '.join(TASK_NAMES)} "
                  "(default adding)")
@@ -219,18 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = commands.add_parser(
       "train", help="train a cell on a long-range task",
-      description="Trains CELL with a linear readout on TASK and prints the final metric "
-      "next to the task's baseline (the best input-ignoring predictor).")
+      description="Trains CELL with a Dense readout on TASK and prints the final metric "
+      "next to the task's baseline (the best input-ignoring predictor), with a verdict. "
+      "Options left out take the task's defaults (jaxseq.train.DEFAULTS, validated by "
+      "jaxseq reproduce): " + _defaults_help() + ".")
   p.add_argument("task", metavar="TASK", help=f"one of {', '.join(TASK_NAMES)}")
   p.add_argument("--cell", default="lstm", metavar="CELL",
-                 help=f"one of {', '.join(CELLS)} (default lstm)")
-  p.add_argument("--length", type=_positive_int, default=100, metavar="T",
-                 help="sequence length or delay of the task (default 100)")
-  p.add_argument("--steps", type=_positive_int, default=1000, help="training steps (default 1000)")
-  p.add_argument("--batch-size", type=_positive_int, default=32, metavar="B",
-                 help="batch size (default 32)")
-  p.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate (default 1e-3)")
-  p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="(default adam)")
+                 help=f"one of {', '.join(registry.CELLS)} (default lstm)")
+  p.add_argument("--length", type=_positive_int, default=None, metavar="T",
+                 help="sequence length or delay of the task (default: the task's)")
+  p.add_argument("--steps", type=_positive_int, default=None,
+                 help="training steps (default: the task's for the length)")
+  p.add_argument("--batch-size", type=_positive_int, default=None, metavar="B",
+                 help="batch size (default: the task's)")
+  p.add_argument("--lr", type=_positive_float, default=None,
+                 help="learning rate (default: the task's)")
+  p.add_argument("--optimizer", choices=tuple(train_lib.OPTIMIZERS), default="adam",
+                 help="(default adam)")
   p.add_argument("--clip-norm", type=_positive_float, default=1.0, metavar="C",
                  help="global gradient-norm clipping (default 1.0)")
   p.add_argument("--eval-every", type=_positive_int, default=None, metavar="N",
@@ -239,8 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
                  help="save checkpoints there (Orbax)")
   p.add_argument("--resume", action="store_true",
                  help="resume from the latest checkpoint in --checkpoint-dir")
-  p.add_argument("--quiet", action="store_true", help="no progress bar")
-  _add_cell_options(p, hidden=128)
+  shown = p.add_mutually_exclusive_group()
+  shown.add_argument("--progress", action="store_true",
+                     help="show a progress bar (default: only when stderr is a terminal)")
+  shown.add_argument("--quiet", action="store_true", help="no progress bar")
+  _add_cell_options(p, hidden=None)
   p.set_defaults(run=_train)
 
   p = commands.add_parser(
@@ -248,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
       description="Estimates the k largest Lyapunov exponents of the cell's state dynamics "
       "(QR method) along inputs drawn from the task, at initialisation.")
   p.add_argument("--cell", default="lstm", metavar="CELL",
-                 help=f"one of {', '.join(CELLS)} (default lstm)")
+                 help=f"one of {', '.join(registry.CELLS)} (default lstm)")
   p.add_argument("--length", type=_positive_int, default=500, metavar="T",
                  help="steps to average over (default 500)")
   p.add_argument("--k", type=_positive_int, default=None, metavar="K",
@@ -261,168 +263,48 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(run=_lyapunov)
 
   p = commands.add_parser(
-      "reproduce", help="run benchmarks/reproduce.py (published claims, CPU scale)",
-      description="Runs benchmarks/reproduce.py from a source checkout; options are passed on.")
-  p.add_argument("options", nargs="*", help="options for reproduce.py (see jaxseq reproduce "
-                 "--help)")
+      "reproduce", help="published claims re-run at CPU scale (jaxseq.reproduce)",
+      description=reproduce.__doc__.split("\n\n")[0] + " Writes a markdown report.")
+  reproduce.add_arguments(p)
+  p.set_defaults(run=_reproduce)
   return parser
 
 
 # ----------------------------------------------------------------------------- gradflow
 
 
-def lag_table(norms, lags: Sequence[int] = LAGS) -> list[tuple[int, float, float]]:
-  """``(lag, norm, norm / norm at lag 0)`` at the given lags that fit in the sequence.
-
-  ``norms[t]`` is the norm at step ``t``; lag ``k = T - 1 - t``. The largest lag, ``T - 1``,
-  is always included.
-  """
-  import numpy as np
-  norms = np.asarray(norms, dtype=np.float64)
-  last = norms.shape[0] - 1
-  chosen = sorted({k for k in lags if k <= last} | {last})
-  ref = norms[last]
-  return [(k, float(norms[last - k]), float(norms[last - k] / ref) if ref > 0 else float("nan"))
-          for k in chosen]
-
-
-def _format_table(rows: Sequence[Sequence[str]]) -> str:
-  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-  lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
-  lines.insert(1, "  ".join("-" * w for w in widths))
-  return "\n".join(lines)
-
-
-def write_csv(path: pathlib.Path, records: Sequence[dict]) -> None:
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-    writer.writeheader()
-    for r in records:
-      writer.writerow({**r, "norm": f"{r['norm']:.6e}",
-                       "relative_norm": f"{r['relative_norm']:.6e}"})
-
-
-def plot_gradflow(path: pathlib.Path, curves: dict, title: str) -> None:
-  """``curves[phase][cell] = (lags, relative norms)``; one panel per phase, log y."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import numpy as np
-
-  phases = list(curves)
-  fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 4), squeeze=False,
-                           sharey=True)
-  for ax, phase in zip(axes[0], phases):
-    for cell, (lags, rel) in curves[phase].items():
-      rel = np.asarray(rel, dtype=np.float64)
-      # log axes cannot show exact zeros (underflow): clip them to the smallest positive value.
-      tiny = np.finfo(np.float64).tiny
-      ax.plot(lags, np.where(rel > 0, rel, tiny), label=cell)
-    ax.set_yscale("log")
-    ax.set_xlabel(r"lag $k = T-1-t$")
-    ax.set_title(phase)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-  axes[0][0].set_ylabel(r"$\|\partial L / \partial h_t\| \;/\; \|\partial L / \partial h_{T-1}\|$"
-                        "  (h: the carry)")
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def final_step_loss(task, readout: dict, targets) -> Callable:
-  """``loss_fn(ys)``: the task's loss of the readout of the LAST output ``ys[:, -1]``.
-
-  ``mse`` tasks: ``mean((y_{T-1} W + b - target)^2)``; ``xent`` tasks: the softmax
-  cross-entropy of ``y_{T-1} W + b`` against the last label (or the sequence's label).
-  """
-  import jax.numpy as jnp
-  import optax
-
-  def loss_fn(ys):
-    pred = ys[:, -1] @ readout["w"] + readout["b"]
-    if task.metric == "mse":
-      return jnp.mean(jnp.square(pred - jnp.reshape(targets, pred.shape)))
-    labels = targets[:, -1] if targets.ndim == 2 else targets
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(pred, labels))
-  return loss_fn
-
-
-def gradient_norms(task, cell, params, readout: dict, xs, targets):
-  """``|dL/dcarry_t|`` for ``t = 0..T-1`` of ``final_step_loss`` (a NumPy ``(T,)`` array).
-
-  Computed in float64 (params, inputs and readout cast up): a vanishing gradient's norm
-  falls below float32's range (the squares underflow near 1e-19) within tens of steps.
-  """
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from jaxseq import gradflow
-
-  with jax.enable_x64(True):
-    def wide(tree):
-      return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64)
-                          if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree)
-    norms = gradflow.grad_norms(cell, wide(params), wide(xs),
-                                final_step_loss(task, wide(readout), wide(targets)))
-    return np.asarray(norms, dtype=np.float64)
-
-
 def _gradflow(args) -> int:
-  import jax
-  import numpy as np
-  from jaxseq import train as train_lib
+  from jaxseq import experiments, plots
 
-  names = _name_list(args.cells, CELLS, "--cells")
+  names = _name_list(args.cells, registry.CELLS, "--cells")
   _check_cell_options(args, names)
   task = _task(args.task)
-  out = pathlib.Path(args.out)
-
-  # The batch the norms are measured on: the first sequences of the task's evaluation set.
-  xs, targets = task.evaluation(jax.random.PRNGKey(train_lib.EVAL_SEED), args.length)
-  xs, targets = xs[:args.batch_size], targets[:args.batch_size]
-  # The same initial params as ``train`` with this seed, so both phases are one network.
-  key_init = jax.random.split(jax.random.PRNGKey(args.seed))[0]
-  T = xs.shape[1]
-  records, curves = [], {}
+  out = _output_folder("--out", args.out)
+  available = experiments.evaluation_size(task, args.length)
+  if args.batch_size > available:
+    raise UsageError(f"--batch-size: expected at most {available} (the sequences in "
+                     f"{task.name}'s evaluation set), got {args.batch_size}")
+  T = train_lib.sequence_steps(task, args.length)
+  cells, descriptions = {}, []
   for name in names:
-    cell = _cell_from_args(args, name, T)
-    phases = [("init", train_lib.make_model(task, cell).init(key_init))]
-    if args.train_steps:
-      print(f"training {name} for {args.train_steps} steps on {task.name} ...", flush=True)
-      result = train_lib.train(task, cell, length=args.length, steps=args.train_steps,
-                               batch_size=args.batch_size, learning_rate=args.lr,
-                               seed=args.seed, progress=False)
-      print(f"  {_result_line(task, result)}", flush=True)
-      phases.append(("trained", result.params))
-    for phase, params in phases:
-      norms = gradient_norms(task, cell, params["rnn"], params["readout"], xs, targets)
-      rel = norms / norms[-1] if norms[-1] > 0 else np.full_like(norms, np.nan)
-      lags = np.arange(T)  # lag k is step T-1-k
-      curves.setdefault(phase, {})[name] = (lags, rel[::-1], norms[::-1])
-      records += [dict(cell=name, phase=phase, lag=int(k), norm=float(n), relative_norm=float(r))
-                  for k, n, r in zip(lags, norms[::-1], rel[::-1])]
+    cells[name], description = _measured_cell(args, name, T)
+    descriptions.append(description)
+  profiles = experiments.lag_profiles(
+      task, cells, length=args.length, batch_size=args.batch_size, seed=args.seed,
+      train_steps=args.train_steps, learning_rate=args.lr,
+      log=lambda line: print(line, flush=True))
 
   print(f"|dL/dcarry_t| of the {task.name} loss at the last step, relative to t = T-1, "
-        f"against lag k = T-1-t  (T = {T}, H = {args.hidden}, init {args.init}, "
-        f"batch {args.batch_size})")
-  for phase, by_cell in curves.items():
-    columns = {name: lag_table(norms_by_lag[::-1]) for name, (_, _, norms_by_lag)
-               in by_cell.items()}
-    lags_shown = [k for k, _, _ in next(iter(columns.values()))]
-    rows = [["lag"] + list(by_cell)]
-    rows += [[str(k)] + [f"{columns[name][i][2]:.3e}" for name in by_cell]
-             for i, k in enumerate(lags_shown)]
-    print(f"\n[{phase}]")
-    print(_format_table(rows))
+        f"against lag k = T-1-t  (T = {T}, batch {args.batch_size}; "
+        f"{'; '.join(descriptions)})")
+  print()
+  print(experiments.format_profiles(profiles))
 
   out.mkdir(parents=True, exist_ok=True)
   csv_path, png_path = out / "gradflow.csv", out / "gradflow.png"
-  write_csv(csv_path, records)
-  plot_gradflow(png_path, {phase: {name: c[:2] for name, c in by_cell.items()}
-                           for phase, by_cell in curves.items()},
-                f"{task.name}, T = {T}, H = {args.hidden}, init {args.init}")
+  experiments.write_csv(csv_path, profiles)
+  plots.plot_lag_profiles(png_path, profiles, f"{task.name}, T = {T}, H = {args.hidden}, "
+                          f"init {args.init or 'default'}")
   print(f"\nwrote {csv_path}\nwrote {png_path}")
   return 0
 
@@ -431,30 +313,73 @@ def _gradflow(args) -> int:
 
 
 def _train(args) -> int:
-  if args.cell not in CELLS:
-    raise UsageError(f"--cell: expected one of {', '.join(CELLS)}, got {args.cell!r}")
+  _cell_name("--cell", args.cell)
   _check_cell_options(args, [args.cell])
   if args.resume and args.checkpoint_dir is None:
     raise UsageError("--resume: expected --checkpoint-dir too, got none")
+  if args.checkpoint_dir is not None:
+    _output_folder("--checkpoint-dir", args.checkpoint_dir)
   task = _task(args.task)
-  num_steps = sequence_length(task, args.length)
-  cell = _cell_from_args(args, args.cell, num_steps)
-  from jaxseq import train as train_lib
-  options = dict(length=args.length, steps=args.steps, batch_size=args.batch_size,
-                 optimizer=args.optimizer, learning_rate=args.lr, clip_norm=args.clip_norm,
-                 seed=args.seed, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-                 progress=not args.quiet)
+  settings = train_lib.defaults(task)
+  length = settings.length if args.length is None else args.length
+  if task.fixed_length is not None:
+    length = task.fixed_length
+  num_steps = train_lib.sequence_steps(task, length)
+  options = _cell_options(args, args.cell, num_steps)
+  choice = train_lib.cell_for(task, args.cell, length=length, hidden_size=args.hidden,
+                              **options)
+  steps = settings.steps_for(length) if args.steps is None else args.steps
+  batch_size = settings.batch_size if args.batch_size is None else args.batch_size
+  lr = settings.learning_rate if args.lr is None else args.lr
+  progress = True if args.progress else False if args.quiet else None
+  train_options = dict(length=length, steps=steps, batch_size=batch_size,
+                       optimizer=args.optimizer, learning_rate=lr, clip_norm=args.clip_norm,
+                       seed=args.seed, checkpoint_dir=args.checkpoint_dir,
+                       resume=args.resume, progress=progress)
   if args.eval_every is not None:
-    options["eval_every"] = args.eval_every
-  print(f"training {args.cell}(H={args.hidden}, init {args.init}) on {task.name}, "
-        f"{_length_text(task, args.length, num_steps)}, {args.steps} training steps, "
-        f"batch {args.batch_size}, "
-        f"{args.optimizer} lr {args.lr:g}", flush=True)
+    train_options["eval_every"] = args.eval_every
+  told = [name for name, value in (("--length", args.length), ("--steps", args.steps),
+                                   ("--batch-size", args.batch_size), ("--lr", args.lr),
+                                   ("--hidden", args.hidden)) if value is not None]
+  source = "the task's defaults" + (f" except {', '.join(told)}" if told else "")
+  if choice.task_default_init:
+    source += f"; {args.cell}'s init is the task's default"
+  print(f"training {choice.description} on {task.name}, "
+        f"{_length_text(task, length, num_steps)}, {steps} training steps, "
+        f"batch {batch_size}, {args.optimizer} lr {lr:g}, clip {args.clip_norm:g} "
+        f"({source})", flush=True)
   start = time.perf_counter()
-  result = train_lib.train(task, cell, **options)
+  result = train_lib.train(task, choice.cell, **train_options)
   seconds = time.perf_counter() - start
-  print(f"{task.name}: {_result_line(task, result)}  [{seconds:.1f} s]")
+  judged = train_lib.verdict(result.metric, result.baseline)
+  line = f"{task.name}: {train_lib.result_line(task, result)}: {judged.text}"
+  if judged.status != "solved":
+    line += f"; {_advice(args, task, settings, judged, length, steps, lr, choice)}"
+  print(f"{line}  [{seconds:.1f} s]")
   return 0
+
+
+def _advice(args, task, settings, judged, length, steps, lr, choice) -> str:
+  """Which knob to turn when the run did not solve the task."""
+  if judged.status == "diverged":
+    return f"lower --lr (it was {lr:g})"
+  more_steps = f"more --steps (it was {steps}; try {2 * steps})"
+  hints = []
+  if task.fixed_length is None and length > settings.max_length:
+    hints.append(f"a shorter --length (the defaults are validated up to {settings.max_length})")
+  if judged.status == "learning":
+    hints.append(more_steps)
+  else:
+    chrono_helps = "chrono_t_max" in settings.cell_options.get("lstm", {})
+    if args.cell == "simple_rnn" and args.init != "identity":
+      hints.append("--init identity --activation relu (the IRNN) with --lr 3e-4 and more "
+                   "--steps, or --cell lstm")
+    elif args.cell == "lstm" and chrono_helps and choice.options.get("chrono_t_max") is None:
+      hints.append("--chrono (chrono initialisation, the default for lstm here)")
+    elif args.cell != "lstm":
+      hints.append("--cell lstm" + (" (with chrono init by default)" if chrono_helps else ""))
+    hints.append(more_steps)
+  return "try " + ", or ".join(hints)
 
 
 def _length_text(task, length: int, num_steps: int) -> str:
@@ -465,11 +390,6 @@ def _length_text(task, length: int, num_steps: int) -> str:
   return f"T = {length}"
 
 
-def _result_line(task, result) -> str:
-  """``"mse 0.004 (baseline 0.167)"``: the final metric next to the task's baseline."""
-  return f"{task.metric} {result.metric:.4g} (baseline {result.baseline:.4g})"
-
-
 # ----------------------------------------------------------------------------- lyapunov
 
 
@@ -478,8 +398,7 @@ def _lyapunov(args) -> int:
   import numpy as np
   from jaxseq import gradflow
 
-  if args.cell not in CELLS:
-    raise UsageError(f"--cell: expected one of {', '.join(CELLS)}, got {args.cell!r}")
+  _cell_name("--cell", args.cell)
   _check_cell_options(args, [args.cell])
   if args.warmup >= args.length:
     raise UsageError(f"--warmup: expected fewer than --length = {args.length} steps, "
@@ -488,12 +407,12 @@ def _lyapunov(args) -> int:
   key_data, key_init = jax.random.split(jax.random.PRNGKey(args.seed))
   xs, _ = task.sample(key_data, 1, args.length)
   xs = xs[0]
-  cell = _cell_from_args(args, args.cell, xs.shape[0])
+  cell, description = _measured_cell(args, args.cell, xs.shape[0])
   params = cell.init(key_init, xs.shape[-1])
   exps = np.asarray(gradflow.lyapunov(cell, params, xs, k=args.k, warmup=args.warmup))
   exps = np.sort(exps)[::-1]
-  print(f"Lyapunov exponents of {args.cell}(H={args.hidden}, init {args.init}) driven by "
-        f"{task.name} inputs, {xs.shape[0]} steps, warm-up {args.warmup} (per step, nats):")
+  print(f"Lyapunov exponents of {description} driven by {task.name} inputs, "
+        f"{xs.shape[0]} steps, warm-up {args.warmup} (per step, nats):")
   print(f"  largest   {exps[0]: .4f}")
   print(f"  smallest  {exps[-1]: .4f}")
   print(f"  sum       {exps.sum(): .4f}   (of {exps.size} exponents)")
@@ -515,18 +434,10 @@ def _lyapunov(args) -> int:
 # ----------------------------------------------------------------------------- reproduce
 
 
-def _reproduce(argv: Sequence[str]) -> int:
-  """Runs ``benchmarks/reproduce.py``'s ``main(argv)`` (it parses its own options)."""
-  script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce.py"
-  if not script.exists():
-    return _usage_error("reproduce", "expected benchmarks/reproduce.py in a source checkout, "
-                        f"got none at {script}")
-  import runpy
-  module = runpy.run_path(str(script))
-  try:
-    return int(module["main"](list(argv)) or 0)
-  except SystemExit as e:  # its argparse: --help or a bad option
-    return e.code if isinstance(e.code, int) else 2
+def _reproduce(args) -> int:
+  from jaxseq import reproduce
+  reproduce.run(args)
+  return 0
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -535,8 +446,6 @@ def _reproduce(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the command line; returns the exit status (2 for a bad command line)."""
   argv = sys.argv[1:] if argv is None else list(argv)
-  if argv[:1] == ["reproduce"]:  # reproduce.py parses its own options, --help included
-    return _reproduce(argv[1:])
   parser = build_parser()
   try:
     args = parser.parse_args(argv)
@@ -546,8 +455,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return args.run(args)
   except UsageError as e:
     return _usage_error(args.command, str(e))
-  except (ValueError, TypeError) as e:
-    # The library's input checks raise these with "argument: expected X, got Y".
+  except (ValueError, TypeError, ImportError, OSError) as e:
+    # The library's input checks raise ValueError/TypeError with "argument: expected X,
+    # got Y"; a missing optional dependency an ImportError naming the pip command.
     if os.environ.get("JAXSEQ_TRACEBACK"):
       raise
     return _usage_error(args.command, str(e).splitlines()[0] if str(e) else type(e).__name__)

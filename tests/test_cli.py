@@ -6,6 +6,7 @@ last step's (relative norm 1 at every lag) and every Lyapunov exponent is 0. The
 problem's baseline is Var(U1 + U2) = 1/6 for two U(0, 1) markers.
 """
 import csv
+import pathlib
 import re
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import matplotlib.image  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from jaxseq import cli  # noqa: E402
+from jaxseq import cli, tasks  # noqa: E402
+from jaxseq import train as train_lib  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -82,15 +84,92 @@ def test_gradflow_after_training_adds_a_phase(tmp_path, capsys):
   assert "[trained]" in stdout
 
 
-def test_train_prints_metric_next_to_baseline(capsys):
+def test_train_prints_metric_baseline_verdict_and_knob(capsys):
   status = cli.main(["train", "adding", "--cell", "simple_rnn", "--length", "6", "--steps", "3",
                      "--hidden", "4", "--batch-size", "4", "--quiet"])
+  captured = capsys.readouterr()
+  assert status == 0 and captured.err == ""
+  last = captured.out.strip().splitlines()[-1]
+  match = re.fullmatch(r"adding: mse (\S+) \(baseline (\S+)\): (.*)  \[\d+\.\d s\]", last)
+  assert match, last
+  metric, baseline = float(match.group(1)), float(match.group(2))
+  np.testing.assert_allclose(baseline, 1 / 6, atol=1e-3)
+  # the verdict is the library's reading of the printed numbers (4 significant digits)
+  verdict = train_lib.verdict(metric, baseline)
+  assert match.group(3).startswith(verdict.text)
+  assert verdict.status != "solved"   # 3 steps learn nothing: a knob follows
+  assert "try " in match.group(3) and "--steps (it was 3; try 6)" in match.group(3)
+
+
+def test_train_header_states_the_tasks_defaults_and_the_real_init(capsys):
+  status = cli.main(["train", "copy", "--cell", "lstm", "--length", "3", "--steps", "2",
+                     "--hidden", "4"])
   stdout = capsys.readouterr().out
   assert status == 0
-  match = re.search(r"mse (\S+) \(baseline (\S+)\)", stdout)
-  assert match, stdout
-  assert np.isfinite(float(match.group(1)))
-  np.testing.assert_allclose(float(match.group(2)), 1 / 6, atol=1e-3)
+  header = stdout.splitlines()[0]
+  copy = train_lib.DEFAULTS["copy"]
+  # copy's LSTM default is chrono with T_max = the sequence's 3 + 20 steps
+  assert header.startswith("training lstm(H=4, init default, chrono T_max=23) on copy, "
+                           "T = 3 (sequences of 23 steps), 2 training steps, "
+                           f"batch {copy.batch_size}, adam lr {copy.learning_rate:g}"), header
+  assert "lstm's init is the task's default" in header
+  status = cli.main(["train", "copy", "--cell", "lstm", "--length", "3", "--steps", "2",
+                     "--hidden", "4", "--forget-bias", "1"])
+  header = capsys.readouterr().out.splitlines()[0]
+  assert header.startswith("training lstm(H=4, init default, forget bias 1) on copy"), header
+  assert "init is the task's default" not in header
+
+
+def test_train_progress_bar_only_when_asked_or_on_a_terminal(capsys):
+  argv = ["train", "adding", "--cell", "simple_rnn", "--length", "3", "--steps", "2",
+          "--hidden", "2"]
+  assert cli.main(argv) == 0
+  assert capsys.readouterr().err == ""        # captured stderr is not a terminal
+  assert cli.main(argv + ["--progress"]) == 0
+  assert "adding" in capsys.readouterr().err  # tqdm's bar
+  assert cli.main(argv + ["--progress", "--quiet"]) == 2
+  assert "not allowed with" in capsys.readouterr().err
+
+
+def test_train_resume_with_another_cell_names_what_differs(tmp_path, capsys):
+  argv = ["train", "adding", "--length", "4", "--steps", "2", "--hidden", "3",
+          "--checkpoint-dir", str(tmp_path / "run")]
+  assert cli.main(argv + ["--cell", "simple_rnn"]) == 0
+  capsys.readouterr()
+  status = cli.main(argv[:5] + ["4"] + argv[6:] + ["--cell", "gru", "--resume"])
+  captured = capsys.readouterr()
+  assert status == 2
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1, captured.err
+  assert lines[0].startswith("jaxseq train: error: resume: expected a checkpoint of this run, "
+                             "got one that differs in cell.name ('simple_rnn' in the "
+                             "checkpoint, 'gru' now)"), lines[0]
+
+
+def test_missing_scikit_learn_is_one_line(monkeypatch, capsys):
+  for module in ("sklearn", "sklearn.datasets", "sklearn.model_selection"):
+    monkeypatch.setitem(sys.modules, module, None)   # "import sklearn" raises ImportError
+  tasks._digits_split.cache_clear()
+  try:
+    status = cli.main(["train", "sequential_digits", "--cell", "lstm", "--steps", "1"])
+  finally:
+    tasks._digits_split.cache_clear()
+  captured = capsys.readouterr()
+  assert status == 2
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1, captured.err
+  assert "pip install scikit-learn" in lines[0] and "Traceback" not in captured.err
+
+
+def test_lenet_example_without_scikit_learn_is_one_line(tmp_path):
+  script = pathlib.Path(__file__).resolve().parent.parent / "examples" / "lenet_digits.py"
+  code = ("import runpy, sys; sys.modules['sklearn'] = None; sys.argv = ['lenet_digits.py']; "
+          f"runpy.run_path({str(script)!r}, run_name='__main__')")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=120, cwd=tmp_path)
+  assert proc.returncode == 1
+  assert proc.stderr.strip() == ("lenet_digits.py needs scikit-learn: pip install scikit-learn "
+                                 "(or pip install 'jaxseq[examples]')")
 
 
 def test_lyapunov_of_isometric_linear_rnn_is_zero(capsys):
@@ -103,6 +182,24 @@ def test_lyapunov_of_isometric_linear_rnn_is_zero(capsys):
             re.findall(r"^\s*(largest|smallest|sum)\s+(\S+)", stdout, re.M)}
   assert set(values) == {"largest", "smallest", "sum"}
   np.testing.assert_allclose(list(values.values()), 0.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("options, init", [
+    ([], "lstm(H=3, init default)"),
+    (["--chrono"], "lstm(H=3, init default, chrono T_max=20)"),
+    (["--chrono", "7"], "lstm(H=3, init default, chrono T_max=7)"),
+    (["--forget-bias", "1"], "lstm(H=3, init default, forget bias 1)"),
+    (["--init", "orthogonal"], "lstm(H=3, init orthogonal)"),
+    (["--cell", "simple_rnn", "--activation", "relu", "--init", "identity"],
+     "simple_rnn(H=3, init identity, relu)"),
+])
+def test_lyapunov_header_names_the_real_init(capsys, options, init):
+  argv = ["lyapunov", "--cell", "lstm", "--hidden", "3", "--length", "20", "--warmup", "4",
+          "--k", "1"]
+  status = cli.main(argv + options)
+  header = capsys.readouterr().out.splitlines()[0]
+  assert status == 0
+  assert header.startswith(f"Lyapunov exponents of {init} driven by adding inputs"), header
 
 
 def test_lyapunov_runs_on_lstm(capsys):
@@ -126,6 +223,15 @@ def test_lyapunov_runs_on_lstm(capsys):
     (["train", "adding", "--optimizer", "nosuchopt"], "nosuchopt"),
     (["lyapunov", "--cell", "nosuchcell"], "nosuchcell"),
     (["lyapunov", "--length", "10", "--warmup", "10"], "--warmup"),
+    (["gradflow", "--batch-size", "100000"], "--batch-size: expected at most 512"),
+    (["gradflow", "--lr", "inf"], "--lr"),
+    (["gradflow", "--forget-bias", "nan", "--cells", "lstm"], "--forget-bias"),
+    (["train", "adding", "--lr", "inf"], "--lr"),
+    (["train", "adding", "--lr", "nan"], "--lr"),
+    (["train", "adding", "--clip-norm", "inf"], "--clip-norm"),
+    (["train", "adding", "--forget-bias", "1", "--chrono"], "--chrono"),
+    (["reproduce", "--only", "nosuchexperiment"], "nosuchexperiment"),
+    (["reproduce", "--budget-minutes", "nan"], "--budget-minutes"),
     (["nosuchcommand"], "nosuchcommand"),
     ([], "COMMAND"),
 ])
@@ -146,3 +252,48 @@ def test_console_entry_point_exit_status():
   assert proc.returncode == 2
   assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
   assert "nosuchtask" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_checkpoint_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+  path = tmp_path / "a-file"
+  path.write_text("x")
+  status = cli.main(["train", "adding", "--steps", "1", "--checkpoint-dir", str(path)])
+  captured = capsys.readouterr()
+  assert status == 2
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1, captured.err
+  assert lines[0].startswith("jaxseq train: error: --checkpoint-dir: expected a folder"), lines
+  assert captured.out == "" and path.read_text() == "x"
+
+
+def test_gradflow_out_that_is_a_file_is_one_line(tmp_path, capsys):
+  path = tmp_path / "a-file"
+  path.write_text("x")
+  for out in (path, path / "below"):
+    status = cli.main(["gradflow", "--length", "4", "--hidden", "2", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert status == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxseq gradflow: error: --out: expected "
+                                                   "a folder"), captured.err
+    assert captured.out == ""
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_gradflow_batch_size_up_to_the_evaluation_set_is_used(tmp_path, capsys):
+  status = cli.main(["gradflow", "--cells", "gru", "--length", "3", "--hidden", "2",
+                     "--batch-size", "512", "--out", str(tmp_path)])
+  stdout = capsys.readouterr().out
+  assert status == 0 and "batch 512" in stdout
+
+
+def test_reproduce_runs_in_process_and_writes_its_report(tmp_path, capsys):
+  out = tmp_path / "report.md"
+  status = cli.main(["reproduce", "--quick", "--only", "gradflow", "--out", str(out)])
+  stdout = capsys.readouterr().out
+  assert status == 0
+  report = out.read_text()
+  assert report.startswith("# Published claims, re-run at CPU scale")
+  assert "Regenerate with `jaxseq reproduce --quick --only gradflow`" in report
+  assert "| simple_rnn, relu, identity (IRNN) |" in report
+  assert f"wrote {out}" in stdout
