@@ -10,18 +10,25 @@ epochs and the training curve is saved to ``examples/out/lenet_digits.png``.
 """
 import argparse
 import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import matplotlib
+try:   # the optional dependencies: one line saying how to install them, not a traceback
+  import matplotlib
+  from sklearn.datasets import load_digits
+  from sklearn.model_selection import train_test_split
+except ImportError as error:
+  missing = {"sklearn": "scikit-learn"}.get((error.name or "sklearn").split(".")[0],
+                                            error.name)
+  sys.exit(f"lenet_digits.py needs {missing}: pip install {missing} "
+           "(or pip install 'jaxseq[examples]')")
 
 matplotlib.use("Agg")
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from jaxseq import models, nn  # noqa: E402
@@ -98,7 +105,8 @@ def main():
     return jnp.mean(jnp.argmax(logits, -1) == y)
 
   history = {"loss": [], "train": [], "test": []}
-  bar = tqdm(range(1, args.epochs + 1), desc="LeNet-5 on digits", unit="epoch")
+  bar = tqdm(range(1, args.epochs + 1), desc="LeNet-5 on digits", unit="epoch",
+             disable=None)   # None: no bar when stderr is not a terminal
   for _ in bar:
     key, k_epoch = jax.random.split(key)
     params, state, opt_state, loss = train_epoch(params, state, opt_state, k_epoch)

@@ -28,14 +28,15 @@ def batch(key):
 
 def main():
   layer = jaxseq.bidirectional(jaxseq.lstm(HIDDEN, forget_bias=1.0))
+  readout = jaxseq.nn.Dense(2)   # logits from the last valid output of both directions
   key = jax.random.PRNGKey(0)
   k_rnn, k_out, key = jax.random.split(key, 3)
-  params = {"rnn": layer.init(k_rnn, 1),
-            "out": jax.random.normal(k_out, (2 * HIDDEN, 2)) * 0.1}
+  readout_params, _ = readout.init(k_out, (2 * HIDDEN,))
+  params = {"rnn": layer.init(k_rnn, 1), "out": readout_params}
 
   def loss_fn(params, xs, lengths, labels):
     ys, _ = layer.apply(params["rnn"], xs, lengths=lengths)
-    logits = jaxseq.losses.last_valid(ys, lengths) @ params["out"]
+    logits, _ = readout.apply(params["out"], {}, jaxseq.losses.last_valid(ys, lengths))
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
 
