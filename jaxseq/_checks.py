@@ -99,6 +99,10 @@ def cell_params(cell, params: Any, input_shape: Any) -> None:
       input_shape = input_shape[0]
   expected = _expected_params(cell.init, input_shape)
   if _same_shapes(expected, params):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+      if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+        fail("params", "floating-point arrays (cast with .astype(jnp.float32))",
+             f"{jax.tree_util.keystr(path)} of dtype {jnp.result_type(leaf)}", TypeError)
     return
   name = getattr(cell.spec, "name", "this cell")
   # Is it the feature size of xs that is wrong, not the params? Try the sizes in params.
@@ -109,6 +113,12 @@ def cell_params(cell, params: Any, input_shape: Any) -> None:
     if _same_shapes(_expected_params(cell.init, candidate), params):
       fail("xs", f"feature size {size} (the input size of these {name} params)",
            f"feature size {size_of}")
+  peephole = params.get("p_o") if isinstance(params, dict) else None
+  if not isinstance(input_shape, int) and hasattr(peephole, "shape") and peephole.ndim >= 2:
+    frame = tuple(peephole.shape[:-1])
+    if _same_shapes(_expected_params(cell.init, frame + input_shape[-1:]), params):
+      fail("xs", f"frames of spatial shape {frame} (the size of these {name} params' "
+           "peephole weights)", f"one step's input shape {input_shape}")
   fail("params", f"params of {name} for input {'size' if isinstance(input_shape, int) else 'shape'} "
        f"{input_shape}, shaped {_describe(expected)}", _describe(params))
 

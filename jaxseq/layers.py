@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxseq import _checks
 from jaxseq import specs
@@ -120,6 +121,13 @@ def recurrent(cell: Cell, *, reverse: bool = False, time_major: bool = False,
     _checks.fail("cell", "a jaxseq Cell", type(cell).__name__, TypeError)
   dropout = _checks.probability("dropout", dropout)
   recurrent_dropout = _checks.probability("recurrent_dropout", recurrent_dropout)
+  for argument, value in (("reverse", reverse), ("time_major", time_major)):
+    if not isinstance(value, bool):
+      _checks.fail(argument, "a bool", repr(value), TypeError)
+  if not isinstance(unroll, bool):
+    _checks.positive_int("unroll", unroll)
+  if not isinstance(remat, bool):
+    _checks.positive_int("remat", remat)
   options = dict(reverse=reverse, time_major=time_major, unroll=unroll, remat=remat)
 
   def init(key: jax.Array, input_size: Any) -> Any:
@@ -172,6 +180,7 @@ def reversed_layer(layer: Layer) -> Layer:
   (running every layer backwards is running the stack on the flipped sequence); any other
   sequence layer runs on the flipped sequences (``flip_sequences``).
   """
+  layer = _as_layer("layer", layer)
   spec = layer.spec
   if isinstance(spec, specs.RecurrentSpec):
     return recurrent(spec.cell, **{**spec.options, "reverse": True})
@@ -184,9 +193,17 @@ def reversed_layer(layer: Layer) -> Layer:
 def flip_sequences(xs: jax.Array, lengths: jax.Array | None, time_axis: int) -> jax.Array:
   """Reverses each sequence's first ``lengths`` steps along ``time_axis`` and leaves the
   padding where it is (Flax's ``flip_sequences``); all steps when ``lengths`` is None."""
+  xs = jnp.asarray(xs)
+  if isinstance(time_axis, bool) or not isinstance(time_axis, int) or not (
+      -xs.ndim <= time_axis < xs.ndim):
+    _checks.fail("time_axis", f"an axis of xs (rank {xs.ndim})", repr(time_axis))
+  time_axis %= xs.ndim
   if lengths is None:
     return jnp.flip(xs, time_axis)
   num_steps = xs.shape[time_axis]
+  rank = np.ndim(lengths)
+  batch_shape = tuple(d for i, d in enumerate(xs.shape[:rank + 1]) if i != time_axis)
+  lengths = _checks.lengths(lengths, batch_shape, num_steps)
   t = jnp.arange(num_steps)
   lengths = jnp.asarray(lengths)[..., None]                   # (*batch, 1)
   index = jnp.where(t < lengths, lengths - 1 - t, t)          # (*batch, T)
@@ -387,6 +404,8 @@ def map_layers(layer: Layer, fn: Callable[[Layer], Layer]) -> Layer:
   The one traversal of the sequence combinators: wrappers (``gradflow``'s perturbations,
   weight interop) use it instead of switching on layer kinds.
   """
+  if not callable(fn):
+    _checks.fail("fn", "a callable fn(layer) -> layer", repr(fn), TypeError)
   spec = layer.spec
   if isinstance(spec, specs.RecurrentSpec):
     return fn(layer)
@@ -404,6 +423,8 @@ def map_layers(layer: Layer, fn: Callable[[Layer], Layer]) -> Layer:
 
 def map_cells(layer: Layer, fn: Callable[[Cell], Cell]) -> Layer:
   """``layer`` with every cell inside replaced by ``fn(cell)``, options kept."""
+  if not callable(fn):
+    _checks.fail("fn", "a callable fn(cell) -> cell", repr(fn), TypeError)
   return map_layers(layer, lambda r: recurrent(fn(r.spec.cell), **r.spec.options))
 
 

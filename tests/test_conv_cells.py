@@ -482,11 +482,6 @@ def test_peephole_params_fix_the_frame_size():
   assert unroll(cell, params, x8[:, None])[0].shape == (B, 1, 8, 8, F)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "library: unroll blames `params` (\"params: expected params of conv_lstm for input "
-    "shape (16, 16, 2) ...\") for frames of the wrong size, where cell.step names x_t; "
-    "_checks.cell_params re-blames xs for a wrong channel count but not for a wrong frame "
-    "size"))
 def test_unroll_of_peephole_params_on_other_frames_names_the_input():
   cell = conv_lstm(F, (3, 3))
   params = jax.tree.map(jnp.float32, random_params(cell, (8, 8, C), seed=22))

@@ -102,7 +102,10 @@ class Cell(NamedTuple):
                    "initial_carry(params, batch_shape)", TypeError)
     w_ih = params.get("w_ih") if isinstance(params, Mapping) else None
     size = w_ih.shape[0] if hasattr(w_ih, "shape") else 1
-    return self.initialize_carry(params, tuple(batch_shape) + (size,))
+    if not isinstance(batch_shape, (tuple, list)):
+      _checks.fail("batch_shape", "a tuple of non-negative ints", repr(batch_shape),
+                   TypeError)
+    return self.initialize_carry(params, step_shape(tuple(batch_shape) + (size,)))
 
 
 def halves(cell: Cell) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -150,6 +153,7 @@ def dense_params(key: jax.Array, input_size: Any, hidden_size: int, num_gates: i
   ``input_size`` is ``D`` or a step's input shape ``(..., D)``. ``hidden_bias`` adds
   ``b_hn (H,)``, the bias inside a reset-after gate's product.
   """
+  _checks.init_key(key)
   input_size = dense_input_size(input_size)
   k_ih, k_hh, k_b, k_bn = jax.random.split(key, 4)
   params = {"w_ih": gate_blocks(kernel_init, k_ih, input_size, hidden_size, num_gates,
@@ -261,9 +265,23 @@ def common_options(hidden_size: int, use_bias: bool, dtype, param_dtype) -> int:
   return hidden_size
 
 
+def step_shape(input_shape: Any, min_rank: int = 1) -> tuple[int, ...]:
+  """Validates ``initialize_carry``'s ``input_shape``: one step's input shape, batch axes
+  included, as a tuple of non-negative ints of rank >= ``min_rank``."""
+  expected = (f"one step's input shape (x_t.shape), a tuple of >= {min_rank} non-negative "
+              "ints with the batch axes first")
+  if not isinstance(input_shape, (tuple, list)):
+    _checks.fail("input_shape", expected, repr(input_shape), TypeError)
+  if len(input_shape) < min_rank or not all(
+      isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0
+      for d in input_shape):
+    _checks.fail("input_shape", expected, repr(input_shape))
+  return tuple(int(d) for d in input_shape)
+
+
 def zeros_carry(hidden_size: int, dtype):
   """``initialize_carry`` for cells whose carry is one ``(*batch, H)`` array."""
   def initialize_carry(params: Params, input_shape: tuple[int, ...]) -> jax.Array:
-    batch_shape = tuple(input_shape)[:-1]
+    batch_shape = step_shape(input_shape)[:-1]
     return jnp.zeros(batch_shape + (hidden_size,), dtype or params["w_hh"].dtype)
   return initialize_carry

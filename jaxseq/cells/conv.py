@@ -28,7 +28,8 @@ from jaxseq import _checks
 from jaxseq import initializers
 from jaxseq import specs
 from jaxseq.cells.base import (Cell, Initializer, LSTMState, cast, check_callable,
-                               check_carry, check_number, common_options, split_cell)
+                               check_carry, check_number, common_options, split_cell,
+                               step_shape)
 from jaxseq.cells.gru import gru_update
 from jaxseq.cells.lstm import PEEPHOLES, lstm_update
 
@@ -139,7 +140,7 @@ def _input_shape(name: str, input_shape, nd: int, *, need_frame: bool):
   expected = (f"one step's input shape (*spatial ({nd} axes), channels)" +
               ("" if need_frame else ", or the number of channels"))
   if isinstance(input_shape, (tuple, list)):
-    if len(input_shape) < (nd + 1 if need_frame else 1):
+    if len(input_shape) < nd + 1:
       _checks.fail("input_shape", expected + (f" ({name} with peephole=True has one "
                    "peephole weight per position)" if need_frame else ""), repr(input_shape))
     channels = _checks.positive_int("input_shape", input_shape[-1])
@@ -152,7 +153,7 @@ def _input_shape(name: str, input_shape, nd: int, *, need_frame: bool):
 
 
 def _frame_carry_shape(name: str, nd: int, features: int, input_shape) -> tuple[int, ...]:
-  input_shape = tuple(input_shape)
+  input_shape = step_shape(input_shape)
   if len(input_shape) < nd + 1:
     _checks.fail("input_shape", f"one step's input shape (*batch, *spatial ({nd} axes), "
                  f"channels) for {name}", repr(input_shape))
@@ -268,6 +269,7 @@ def conv_lstm(features: int, kernel_size: Sequence[int], *,
   nd = len(kernel_size)
 
   def init(key: jax.Array, input_shape) -> dict:
+    _checks.init_key(key)
     channels, frame = _input_shape("conv_lstm", input_shape, nd, need_frame=peephole)
     k_ih, k_hh, k_b, k_p = jax.random.split(key, 4)
     params = {"w_ih": _kernel(kernel_init, k_ih, kernel_size, channels, F, 4, param_dtype),
@@ -363,6 +365,7 @@ def conv_gru(features: int, kernel_size: Sequence[int], *,
   nd = len(kernel_size)
 
   def init(key: jax.Array, input_shape) -> dict:
+    _checks.init_key(key)
     channels, _ = _input_shape("conv_gru", input_shape, nd, need_frame=False)
     k_ih, k_hh, k_b, k_bn = jax.random.split(key, 4)
     params = {"w_ih": _kernel(kernel_init, k_ih, kernel_size, channels, F, 3, param_dtype),

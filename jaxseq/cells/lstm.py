@@ -11,7 +11,8 @@ from jaxseq import initializers
 from jaxseq import specs
 from jaxseq.cells.base import (Cell, Initializer, LSTMState, cast, check_callable,
                                check_number, common_options, default_inits, dense_check,
-                               dense_params, dense_project, split_cell)
+                               dense_params, dense_project, split_cell,
+                               step_shape)
 
 Activation = Callable[[jax.Array], jax.Array]
 PEEPHOLES = ("p_i", "p_f", "p_o")
@@ -138,7 +139,7 @@ def lstm(hidden_size: int, *, peephole: bool = False, coupled: bool = False,
     return params
 
   def initialize_carry(params: dict, input_shape: tuple[int, ...]) -> LSTMState:
-    batch_shape = tuple(input_shape)[:-1]
+    batch_shape = step_shape(input_shape)[:-1]
     h_dtype = dtype or params["w_hh"].dtype
     return LSTMState(h=jnp.zeros(batch_shape + (out_size,), h_dtype),
                      c=jnp.zeros(batch_shape + (H,), state_dtype or h_dtype))
