@@ -48,7 +48,7 @@ class Summary(NamedTuple):
 
 def _num_params(layer: Layer, input_shape: Shape) -> int:
   # eval_shape: counts without allocating (VGG-16 would be 138M floats).
-  params, _ = jax.eval_shape(lambda k: layer.init(k, input_shape), jax.random.PRNGKey(0))
+  params, _ = jax.eval_shape(lambda k: layer.net_init(k, input_shape), jax.random.PRNGKey(0))
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
 
 
@@ -64,7 +64,19 @@ def _rows(layer: Layer, shape: Shape, all_layers: bool) -> list[SummaryRow]:
   count = _num_params(layer, shape)
   if not all_layers and spec.get("kind") in _FOLDED and count == 0:
     return []
-  return [SummaryRow(spec.get("name", "layer"), out, math.prod(out), count)]
+  return [SummaryRow(_name(layer), out, math.prod(out), count)]
+
+
+def _name(layer: Layer) -> str:
+  """A row's label: a network layer's name; a sequence layer's kind and cells."""
+  spec = layer.spec
+  if not layer.is_sequence:
+    return spec.get("name", "layer") if spec is not None else "layer"
+  from jaxseq import layers as sequence_layers  # pylint: disable=import-outside-toplevel
+  cells = [r.spec.cell.spec for r in sequence_layers.recurrent_layers(layer)]
+  names = ", ".join(f"{getattr(c, 'name', 'cell')} {getattr(c, 'hidden_size', '')}".strip()
+                    for c in cells)
+  return f"{spec.kind}({names})"
 
 
 def summary(model: Layer, input_shape: Shape, *, all_layers: bool = False) -> Summary:
@@ -85,6 +97,7 @@ def summary(model: Layer, input_shape: Shape, *, all_layers: bool = False) -> Su
   if not isinstance(model, Layer):
     _checks.fail("model", "a jaxseq.nn Layer", type(model).__name__, TypeError)
   shape = input_shape_of("input_shape", input_shape)
+  model.output_shape(shape)    # an input the model cannot take fails here, with its message
   rows = [SummaryRow("Input", shape, math.prod(shape), 0)] + _rows(model, shape, all_layers)
   # Folded rows have no params, so the total over rows is the model's total.
   return Summary(tuple(rows), sum(row.num_params for row in rows))
