@@ -160,13 +160,19 @@ def scan_recur(recur, params, carry, gxs, lengths=None, reverse=False, unroll=1,
     valid = jnp.asarray(t < limit)
     new_carry, y = recur(params, carry, gx_t)
     keep = lambda new, old: jnp.where(_broadcast_to_leaf(valid, new), new, old)
-    new_carry = jax.tree.map(keep, new_carry, carry)
-    y = jax.tree.map(lambda y: keep(y, jnp.zeros_like(y)), y)
-    return new_carry, y
+    # Outputs are masked once after the loop, outside the scan and its backward pass.
+    return jax.tree.map(keep, new_carry, carry), y
+
+  def mask_outputs(ys):
+    if lengths is None:
+      return ys
+    valid = jnp.arange(num_steps).reshape((-1,) + (1,) * lengths.ndim) < lengths
+    return jax.tree.map(lambda y: jnp.where(_broadcast_to_leaf(valid, y), y, 0), ys)
 
   ts = jnp.arange(total)
   if chunk is None:
-    return lax.scan(body, carry, (ts, gxs), reverse=reverse, unroll=unroll)
+    carry, ys = lax.scan(body, carry, (ts, gxs), reverse=reverse, unroll=unroll)
+    return carry, mask_outputs(ys)
 
   num_chunks = total // chunk
   split = lambda a: a.reshape((num_chunks, chunk) + a.shape[1:])
@@ -178,4 +184,4 @@ def scan_recur(recur, params, carry, gxs, lengths=None, reverse=False, unroll=1,
   carry, ys = lax.scan(chunk_body, carry, (split(ts), jax.tree.map(split, gxs)),
                        reverse=reverse)
   ys = jax.tree.map(lambda y: y.reshape((total,) + y.shape[2:])[:num_steps], ys)
-  return carry, ys
+  return carry, mask_outputs(ys)
