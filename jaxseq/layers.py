@@ -72,17 +72,36 @@ def _step_input(layer: Layer, step_shape: Any) -> Any:
   return (1,) * (nf - 1) + (step_shape,)
 
 
-def _feature_ndim(layer: Layer) -> int:
-  spec = layer.spec
-  if isinstance(spec, specs.RecurrentSpec):
-    return sequence.feature_ndim(spec.cell)
+def _children(spec: Any) -> tuple[Layer, ...]:
+  """The sequence layers directly inside a sequence layer, in carry order."""
   if isinstance(spec, specs.BidirectionalSpec):
-    return _feature_ndim(spec.forward)
+    return (spec.forward, spec.backward)
   if isinstance(spec, specs.StackSpec):
-    return _feature_ndim(spec.layers[0])
+    return tuple(spec.layers)
   if isinstance(spec, specs.FlippedSpec):
-    return _feature_ndim(spec.layer)
-  return 1
+    return (spec.layer,)
+  return ()
+
+
+def _first_recurrent(layer: Layer) -> specs.RecurrentSpec | None:
+  """The spec of the first recurrent layer inside ``layer`` (the one reading its input)."""
+  spec = layer.spec
+  while not isinstance(spec, specs.RecurrentSpec):
+    children = _children(spec)
+    if not children:
+      return None
+    spec = children[0].spec
+  return spec
+
+
+def _feature_ndim(layer: Layer) -> int:
+  first = _first_recurrent(layer)
+  return 1 if first is None else sequence.feature_ndim(first.cell)
+
+
+def _time_major(layer: Layer) -> bool:
+  first = _first_recurrent(layer)
+  return False if first is None else first.time_major
 
 
 def _sequence_output_shape(init, apply, time_major: bool = False):
@@ -226,19 +245,6 @@ def _flipped(layer: Layer) -> Layer:
     return ys, carry
 
   return Layer(layer.init, apply, layer.output_shape, specs.FlippedSpec(layer=layer))
-
-
-def _time_major(layer: Layer) -> bool:
-  spec = layer.spec
-  if isinstance(spec, specs.RecurrentSpec):
-    return spec.time_major
-  if isinstance(spec, specs.BidirectionalSpec):
-    return _time_major(spec.forward)
-  if isinstance(spec, specs.StackSpec):
-    return _time_major(spec.layers[0])
-  if isinstance(spec, specs.FlippedSpec):
-    return _time_major(spec.layer)
-  return False
 
 
 def _sequence_axes_nf(nf: int, xs: jax.Array, time_major: bool):
