@@ -39,7 +39,7 @@ marked with ``nnx.data`` where it exists (0.11+); values are read without the
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
