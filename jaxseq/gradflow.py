@@ -7,7 +7,8 @@ Three views of the same object, the product of step Jacobians
 * ``grad_norms``: the backpropagated error ``\|\partial L / \partial carry_t\|`` at every
   step, in one backward pass (the vanishing/exploding gradient picture of Bengio, Simard &
   Frasconi 1994 and Pascanu, Mikolov & Bengio 2013); ``norm_ratios`` turns it into
-  per-step contraction factors.
+  per-step contraction factors. ``log=True`` gives log-norms that neither underflow nor
+  overflow over any lag (10,000 steps and more in float32).
 * ``jacobian_spectrum``: the singular values of ``J_t \cdots J_{s+1}`` (how a perturbation
   of ``carry_s`` is stretched by the time it reaches ``carry_t``).
 * ``lyapunov``: the asymptotic growth rates of those singular values, the Lyapunov
@@ -20,8 +21,11 @@ Example::
 
     cell = jaxseq.lstm(64)
     params = cell.init(key, 3)
-    norms = gradflow.grad_norms(cell, params, xs, lambda ys: ((ys[:, -1] - y) ** 2).sum())
+    loss_fn = lambda ys: ((ys[:, -1] - y) ** 2).sum()
+    norms = gradflow.grad_norms(cell, params, xs, loss_fn)
     gradflow.norm_ratios(norms)              # < 1 where the gradient vanishes going back
+    logs = gradflow.grad_norms(cell, params, xs, loss_fn, log=True)   # over any lag
+    gradflow.norm_ratios(logs, log=True)     # log-ratios, < 0 where it vanishes
     gradflow.lyapunov(cell, params, xs[0], warmup=100)
 """
 from __future__ import annotations
@@ -49,7 +53,7 @@ __all__ = ["grad_norms", "jacobian_spectrum", "lyapunov", "norm_ratios"]
 def grad_norms(model: Cell | layers_lib.Layer, params: Any, xs: jax.Array,
                loss_fn: Callable[[Any], jax.Array], carry: Any = None, *,
                lengths: jax.Array | None = None, per_leaf: bool = False,
-               per_example: bool = False) -> Any:
+               per_example: bool = False, log: bool = False) -> Any:
   r"""Norm of the backpropagated error ``\partial L / \partial carry_t`` at every step.
 
   ``carry_t`` is the carry produced by the step that reads ``xs[t]`` and
@@ -73,6 +77,27 @@ def grad_norms(model: Cell | layers_lib.Layer, params: Any, xs: jax.Array,
   jaxseq cell: ``y_t = h_t``); a hand-made cell whose output is computed beside the carry
   rather than from it gets only the path through later steps.
 
+  ``log=True`` returns ``\log \|\partial L / \partial carry_t\|`` instead, computed so
+  that nothing underflows: in float32 a vanishing gradient's norm reaches 0 within a few
+  hundred steps (float64 within a few thousand), its log-norm does not. The backward
+  recurrence is run explicitly, with the error carried as a unit vector times a
+  log-scale, ``\delta_t = e^{s_t} u_t`` with ``\|u_t\| = 1`` per example, renormalised
+  after every step as the Lyapunov QR algorithm does (``lyapunov``):
+
+      e^{s_t} u_t = e^{s_{t+1}} \, \mathrm{vjp}_{t+1}(u_{t+1})
+                    + \frac{\partial L}{\partial y_t} \frac{\partial y_t}{\partial h_t},
+
+  the two terms rescaled to their larger log-scale before they are added. The forward
+  trajectory comes first (one scan); ``\partial L / \partial y_t`` from ``jax.vjp`` of
+  ``loss_fn``; then a reverse scan takes ``jax.vjp`` of each step. Stacks pass the error
+  into the lower layer's outputs the same way (unit vector and log-scale per step and
+  example), bidirectional layers through their merge, so every combinator is supported.
+  The examples are scaled separately, which assumes the cell's step treats them
+  independently (every jaxseq cell does) and, in a ``bidirectional`` layer, a ``merge``
+  acting step by step (the built-in ones do). The default path, one ``jax.grad`` through
+  the perturbed model, has neither assumption; its norms are taken without squaring
+  underflow, but the backpropagated error itself underflows below the dtype's range.
+
   Args:
     model: a ``Cell`` (run with ``jaxseq.unroll``) or a ``Layer`` made by
       ``jaxseq.recurrent``, ``jaxseq.bidirectional`` and ``jaxseq.stack`` (any nesting).
@@ -90,6 +115,8 @@ def grad_norms(model: Cell | layers_lib.Layer, params: Any, xs: jax.Array,
     per_example: norms over the feature axes only, shaped ``(*batch, T)``; otherwise over
       batch and features, ``(T,)``. With a summed loss the examples do not interact, so
       these are the per-example gradients.
+    log: return natural-log norms (``-inf`` where the norm is 0: padded steps, steps the
+      loss does not depend on), computed in log space as above. Same structure and shapes.
 
   Returns:
     For a ``Cell`` or a ``recurrent`` layer, a ``(T,)`` array (``(*batch, T)`` with
@@ -102,7 +129,8 @@ def grad_norms(model: Cell | layers_lib.Layer, params: Any, xs: jax.Array,
   layer = _as_layer(model)
   if not callable(loss_fn):
     _checks.fail("loss_fn", "a callable loss_fn(ys) -> scalar", repr(loss_fn), TypeError)
-  for argument, value in (("per_leaf", per_leaf), ("per_example", per_example)):
+  for argument, value in (("per_leaf", per_leaf), ("per_example", per_example),
+                          ("log", log)):
     if not isinstance(value, bool):
       _checks.fail(argument, "a bool", repr(value), TypeError)
   xs = _checks.float_array("xs", xs)
@@ -112,14 +140,14 @@ def grad_norms(model: Cell | layers_lib.Layer, params: Any, xs: jax.Array,
       lambda p, x, c: layer.apply(p, x, lengths=lengths, carry=c), params, xs, carry)
   num_steps, batch_shape = _time_and_batch(layer, xs)
   lengths = _checks.lengths(lengths, batch_shape, num_steps)
-  batch_ndim = len(batch_shape)
+  keep = 1 + (len(batch_shape) if per_example else 0)  # leading axes a norm keeps
 
-  def square_norms(g):  # g: (T, *batch, *features) -> (T,) or (T, *batch)
-    axes = tuple(range(1 + (batch_ndim if per_example else 0), g.ndim))
-    return jnp.sum(jnp.square(g), axis=axes)
+  if log:
+    return _log_grad_norms(layer, params, xs, loss_fn, carry, lengths, per_leaf,
+                           per_example)
 
-  def finish(sq):
-    return jnp.moveaxis(jnp.sqrt(sq), 0, -1)
+  def finish(leaves):  # gradients (T, *batch, *features) -> norms (T,) or (*batch, T)
+    return jnp.moveaxis(_norm(leaves, keep), 0, -1)
 
   @jax.jit
   def compute(params, xs, carry, lengths):
@@ -128,38 +156,69 @@ def grad_norms(model: Cell | layers_lib.Layer, params: Any, xs: jax.Array,
     def loss_of(perturbations):
       parts = _carry_parts(layer, perturbations)
       ys, _ = _perturbed(layer, parts).apply(params, xs, lengths=lengths, carry=carry)
-      loss = loss_fn(ys)
-      if jnp.ndim(loss) != 0 or not jnp.issubdtype(jnp.result_type(loss), jnp.floating):
-        _checks.fail("loss_fn", "a function returning a real scalar",
-                     f"an output of shape {jnp.shape(loss)} and dtype {jnp.result_type(loss)}")
-      return loss
+      return _check_loss(loss_fn(ys))
 
-    grads = jax.grad(loss_of)(zeros)
+    grads = _input_positions(layer, _carry_parts(layer, jax.grad(loss_of)(zeros)), lengths)
     if per_leaf:
-      return _map_carries(layer, lambda g: jax.tree.map(
-          lambda leaf: finish(square_norms(leaf)), g), grads)
-    return _map_carries(layer, lambda g: finish(
-        sum(square_norms(leaf) for leaf in jax.tree.leaves(g))), grads)
+      parts = [jax.tree.map(lambda leaf: finish([leaf]), g) for g in grads]
+    else:
+      parts = [finish(jax.tree.leaves(g)) for g in grads]
+    return _rebuild_carry(layer, iter(parts))
 
   return compute(params, xs, carry, lengths)
 
 
-def norm_ratios(norms: Any) -> Any:
+def _input_positions(layer: layers_lib.Layer, parts: list, lengths: jax.Array | None
+                     ) -> list:
+  """Per-step results ``(T, *batch, ...)`` of each recurrent sub-layer (``parts``), indexed
+  by ``layer``'s input positions: a recurrent layer inside a flipped one (the backward
+  direction of a ``bidirectional`` whose direction is not a ``recurrent`` or ``stack``
+  layer) reads the sequences flipped, so its results are flipped back."""
+  def flips(layer, flipped):
+    spec = layer.spec
+    if isinstance(spec, specs.RecurrentSpec):
+      return [flipped]
+    if isinstance(spec, specs.BidirectionalSpec):
+      return flips(spec.forward, flipped) + flips(spec.backward, flipped)
+    if isinstance(spec, specs.StackSpec):
+      return [f for sub in spec.layers for f in flips(sub, flipped)]
+    return flips(spec.layer, not flipped)  # FlippedSpec (_carry_parts admits no other)
+
+  flip = lambda a: layers_lib.flip_sequences(a, lengths, 0)
+  return [jax.tree.map(flip, part) if flipped else part
+          for part, flipped in zip(parts, flips(layer, False))]
+
+
+def _check_loss(loss: Any) -> Any:
+  if jnp.ndim(loss) != 0 or not jnp.issubdtype(jnp.result_type(loss), jnp.floating):
+    _checks.fail("loss_fn", "a function returning a real scalar",
+                 f"an output of shape {jnp.shape(loss)} and dtype {jnp.result_type(loss)}")
+  return loss
+
+
+def norm_ratios(norms: Any, *, log: bool = False) -> Any:
   r"""Per-step ratios ``\|\partial L/\partial h_t\| / \|\partial L/\partial h_{t+1}\|``.
 
   For a loss at the end of the sequence the ratio is the contraction of the backpropagated
   error over one step, ``\|\delta_{t+1} J_{t+1}\| / \|\delta_{t+1}\|``, bounded by the
   largest singular value of ``J_{t+1}`` (Pascanu, Mikolov & Bengio 2013, Sec. 2.1): ratios
-  below 1 over many steps mean vanishing gradients, above 1 exploding ones.
+  below 1 over many steps mean vanishing gradients, above 1 exploding ones. In log space
+  (``log=True``) they are differences of log-norms, the per-step rates whose long-run mean
+  is the top Lyapunov exponent (``lyapunov``) when the Jacobians dominate.
 
   Args:
     norms: ``grad_norms``'s output: an array ``(..., T)`` with time last, or a pytree of them
-      (``per_leaf``, layers).
+      (``per_leaf``, layers); with ``log=True``, ``grad_norms(..., log=True)``'s log-norms.
+    log: ``norms`` are natural-log norms; the result is then the log-ratios.
 
   Returns:
-    ``norms[..., :-1] / norms[..., 1:]``, shaped ``(..., T - 1)``, with the same structure.
-    A zero norm (padding, underflow) gives ``inf`` or ``nan`` there.
+    ``norms[..., :-1] / norms[..., 1:]``, shaped ``(..., T - 1)``, with the same structure;
+    with ``log=True`` ``norms[..., :-1] - norms[..., 1:]`` (log-ratios, finite wherever both
+    log-norms are, however far they are below the dtype's range). A zero norm (padding,
+    underflow; ``-inf`` in log space) gives ``inf`` or ``nan`` there.
   """
+  if not isinstance(log, bool):
+    _checks.fail("log", "a bool", repr(log), TypeError)
   def is_curve(n):  # an array, or a plain list of numbers
     return hasattr(n, "shape") or (isinstance(n, list) and bool(n) and all(
         isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in n))
@@ -175,6 +234,8 @@ def norm_ratios(norms: Any) -> Any:
       _checks.fail("norms", "arrays (..., T) with T >= 2 steps", f"shape {tuple(n.shape)}")
     if not jnp.issubdtype(n.dtype, jnp.floating):
       n = n.astype(jnp.float32)
+    if log:
+      return n[..., :-1] - n[..., 1:]
     return n[..., :-1] / n[..., 1:]
 
   if not jax.tree.leaves(norms, is_leaf=is_curve):
@@ -311,6 +372,263 @@ def _perturbed_cell(cell: Cell, treedef: Any, sizes: Sequence[int], input_size: 
     return cell.initialize_carry(params, tuple(input_shape[:-1]) + (input_size,))
 
   return split_cell(init, initialize_carry, new_project, new_recur, cell.spec)
+
+
+# ----------------------------------------------------------------------------- log space
+#
+# A sequence of errors in log space is a pair ``(unit, log)``: ``unit`` a pytree shaped like
+# the sequence (a layer's outputs or inputs, in its layout), ``log`` one log-scale per step
+# and example (the sequence's leading, non-feature axes), the error being
+# ``exp(log) * unit`` with ``unit`` of norm 1 (or 0 where ``log`` is ``-inf``).
+
+
+def _scaled_square_norms(leaves: Sequence[jax.Array], keep: int):
+  """``(m, r)`` with ``norm^2 = m^2 r`` over all leaves' axes past the first ``keep``,
+  jointly: ``m`` the largest magnitude, ``r`` in ``[1, size]`` (0 where ``m`` is), so
+  neither the squares of tiny entries nor their sum underflow (LAPACK's ``nrm2``)."""
+  axes = lambda leaf: tuple(range(keep, leaf.ndim))
+  big = None
+  for leaf in leaves:
+    leaf_max = jnp.max(jnp.abs(leaf), axis=axes(leaf)) if leaf.ndim > keep else jnp.abs(leaf)
+    big = leaf_max if big is None else jnp.maximum(big, leaf_max)
+  safe = jnp.where(big > 0, big, 1)
+  total = sum(jnp.sum(jnp.square(leaf / _expand(safe, leaf)), axis=axes(leaf))
+              for leaf in leaves)
+  return big, total
+
+
+def _norm(leaves: Sequence[jax.Array], keep: int) -> jax.Array:
+  big, total = _scaled_square_norms(leaves, keep)
+  return big * jnp.sqrt(total)
+
+
+def _log_dtype(tree: Any):
+  return jnp.promote_types(jnp.result_type(*jax.tree.leaves(tree)), jnp.float32)
+
+
+def _log_norm(leaves: Sequence[jax.Array], keep: int) -> jax.Array:
+  """``log`` of the joint norm of ``leaves`` over their axes past the first ``keep``."""
+  big, total = _scaled_square_norms(leaves, keep)
+  dtype = _log_dtype(leaves)
+  big, total = big.astype(dtype), total.astype(dtype)
+  return jnp.where(big > 0, jnp.log(jnp.where(big > 0, big, 1)) + 0.5 * jnp.log(total),
+                   -jnp.inf)
+
+
+def _expand(a: jax.Array, leaf: jax.Array) -> jax.Array:
+  """``a`` (the leading axes of ``leaf``) with unit axes appended to broadcast to it."""
+  return a.reshape(a.shape + (1,) * (leaf.ndim - a.ndim))
+
+
+def _log_normalize(tree: Any, keep: int) -> tuple[Any, jax.Array]:
+  """``(tree / norm, log norm)``, norms over each leaf's axes past the first ``keep``."""
+  leaves, treedef = jax.tree.flatten(tree)
+  big, total = _scaled_square_norms(leaves, keep)
+  scale = jnp.where(big > 0, big * jnp.sqrt(total), 1)
+  unit = [(leaf / _expand(scale, leaf)).astype(leaf.dtype) for leaf in leaves]
+  return jax.tree.unflatten(treedef, unit), _log_norm(leaves, keep)
+
+
+def _log_add(a: tuple[Any, jax.Array], b: tuple[Any, jax.Array], keep: int
+             ) -> tuple[Any, jax.Array]:
+  """``exp(la) ua + exp(lb) ub`` as ``(unit, log)``: both rescaled to the larger log-scale
+  first, so neither ``exp`` overflows and a term more than the dtype's range below the
+  other vanishes (as it would in exact arithmetic rounded to the dtype)."""
+  (unit_a, log_a), (unit_b, log_b) = a, b
+  top = jnp.maximum(log_a, log_b)
+  ref = jnp.where(jnp.isneginf(top), 0, top)  # both zero: avoid -inf - -inf
+  weight_a, weight_b = jnp.exp(log_a - ref), jnp.exp(log_b - ref)
+  total = jax.tree.map(lambda x, y: (_expand(weight_a, x) * x + _expand(weight_b, y) * y
+                                     ).astype(x.dtype), unit_a, unit_b)
+  unit, extra = _log_normalize(total, keep)
+  return unit, ref + extra
+
+
+def _log_grad_norms(layer, params, xs, loss_fn, carry, lengths, per_leaf, per_example):
+  """``grad_norms(..., log=True)``: see there."""
+  outer = xs.ndim - _layout(layer)[0]  # the time and batch axes of xs
+
+  @jax.jit
+  def compute(params, xs, carry, lengths):
+    ys, _ = layer.apply(params, xs, lengths=lengths, carry=carry)
+    loss, pullback = jax.vjp(loss_fn, ys)
+    loss = _check_loss(loss)
+    error = _log_normalize(pullback(jnp.ones_like(loss))[0], outer)
+    parts, _ = _log_backward(layer, params, xs, carry, lengths, error, False)
+    parts = _input_positions(layer, parts, lengths)
+
+    def finish(leaves):  # log-norms (T, *batch) per leaf -> (T,) or (*batch, T)
+      logs = jnp.stack(leaves)
+      axes = (0,) if per_example else tuple(i for i in range(logs.ndim) if i != 1)
+      return jnp.moveaxis(0.5 * jax.nn.logsumexp(2 * logs, axis=axes), 0, -1)
+
+    if per_leaf:
+      parts = [jax.tree.map(lambda leaf: finish([leaf]), part) for part in parts]
+    else:
+      parts = [finish(jax.tree.leaves(part)) for part in parts]
+    return _rebuild_carry(layer, iter(parts))
+
+  return compute(params, xs, carry, lengths)
+
+
+def _log_backward(layer: layers_lib.Layer, params, xs, carry, lengths, error, need_input):
+  """Backpropagates ``error`` (the loss's error on ``layer``'s outputs, in log space)
+  through ``layer`` run on ``xs``.
+
+  Returns ``(parts, input_error)``: ``parts`` one carry-shaped tree of log-norms
+  ``(T, *batch)`` per recurrent sub-layer (``map_layers`` order); ``input_error`` the error
+  on ``xs`` in log space when ``need_input``, else ``None``.
+  """
+  spec = layer.spec
+  if isinstance(spec, specs.RecurrentSpec):
+    return _recurrent_backward(spec, params, xs, carry, lengths, error, need_input)
+  feature_ndim, time_major = _layout(layer)
+  outer = xs.ndim - feature_ndim  # the time and batch axes
+  if isinstance(spec, specs.BidirectionalSpec):
+    carry = carry or {"forward": None, "backward": None}
+    ys_fw, _ = spec.forward.apply(params["forward"], xs, lengths=lengths,
+                                  carry=carry["forward"])
+    ys_bw, _ = spec.backward.apply(params["backward"], xs, lengths=lengths,
+                                   carry=carry["backward"])
+    merge = spec.merge
+    merge_fn = (merge if callable(merge) else
+                (lambda a, b: (a, b)) if merge is None else layers_lib.MERGES[merge])
+    out, pullback = jax.vjp(merge_fn, ys_fw, ys_bw)
+    unit_fw, unit_bw = pullback(jax.tree.map(lambda u, o: u.astype(o.dtype), error[0], out))
+    parts_fw, input_fw = _log_backward(spec.forward, params["forward"], xs,
+                                       carry["forward"], lengths, (unit_fw, error[1]),
+                                       need_input)
+    parts_bw, input_bw = _log_backward(spec.backward, params["backward"], xs,
+                                       carry["backward"], lengths, (unit_bw, error[1]),
+                                       need_input)
+    return parts_fw + parts_bw, _log_add(input_fw, input_bw, outer) if need_input else None
+  if isinstance(spec, specs.StackSpec):
+    carries = list(carry) if carry is not None else [None] * len(spec.layers)
+    inputs = []
+    for i, sub in enumerate(spec.layers):  # each layer's inputs (no dropout: no key)
+      inputs.append(xs)
+      ys, _ = sub.apply(params[i], xs, lengths=lengths, carry=carries[i])
+      xs = ys + xs if spec.residual and i > 0 else ys
+    parts = []
+    for i in reversed(range(len(spec.layers))):
+      sub_parts, input_error = _log_backward(spec.layers[i], params[i], inputs[i],
+                                             carries[i], lengths, error, need_input or i > 0)
+      if spec.residual and i > 0:  # ys_i = layer_i(x_i) + x_i
+        input_error = _log_add(input_error, error, outer)
+      parts = sub_parts + parts
+      error = input_error
+    return parts, error
+  if isinstance(spec, specs.FlippedSpec):
+    time_axis = 0 if time_major else outer - 1
+    lengths_array = None if lengths is None else jnp.asarray(lengths)
+    flip = lambda a: layers_lib.flip_sequences(a, lengths_array, time_axis)
+    parts, input_error = _log_backward(spec.layer, params, flip(xs), carry, lengths,
+                                       (jax.tree.map(flip, error[0]), flip(error[1])),
+                                       need_input)
+    if input_error is not None:
+      input_error = (jax.tree.map(flip, input_error[0]), flip(input_error[1]))
+    return parts, input_error
+  _checks.fail("model", "a layer built by recurrent, bidirectional and stack",
+               f"a {spec.kind!r} layer")
+
+
+def _recurrent_backward(spec, params, xs, carry, lengths, error, need_input):
+  """``_log_backward`` of one ``recurrent`` layer: the forward trajectory, then a scan
+  over the steps in reverse order of the ``jax.vjp`` of each step, the error carried as a
+  unit vector and a log-scale per example."""
+  cell = spec.cell
+  nf = sequence.feature_ndim(cell)
+  time_axis = 0 if spec.time_major else xs.ndim - nf - 1
+  to_time_major = lambda a: jnp.moveaxis(a, time_axis, 0)
+  xs = to_time_major(xs)
+  num_steps, batch_shape = xs.shape[0], xs.shape[1:xs.ndim - nf]
+  keep = len(batch_shape)  # the leading axes of one step's arrays: one norm per example
+  if lengths is None:
+    valid = jnp.ones((num_steps,) + batch_shape, bool)
+  else:
+    valid = jnp.arange(num_steps).reshape((-1,) + (1,) * keep) < jnp.asarray(lengths)
+  xs = jnp.where(_expand(valid, xs), xs, 0)  # as unroll: padding never read
+  project, recur = halves(cell)
+  gxs, project_pullback = jax.vjp(lambda x: project(params, x), xs)
+  step_shape = tuple(xs.shape[1:])
+  if carry is None:
+    carry = cell.initialize_carry(params, step_shape)
+  out = jax.eval_shape(recur, params, carry, jax.tree.map(lambda g: g[0], gxs))[0]
+  carry = jax.tree.map(lambda c, o: jnp.asarray(c, o.dtype), carry, out)
+  carry_def = jax.tree.structure(carry)
+  log_dtype = _log_dtype(carry)
+
+  def forward(c, inputs):
+    v, gx = inputs
+    new, _ = recur(params, c, gx)
+    return jax.tree.map(lambda n, o: jnp.where(_expand(v, n), n, o), new, c), c
+
+  _, befores = lax.scan(forward, carry, (valid, gxs), reverse=spec.reverse)
+
+  # The loss's error on the outputs; padded outputs are zeros the loss cannot move.
+  unit_y = jax.tree.map(lambda u: jnp.where(_expand(valid, u), to_time_major(u), 0),
+                        error[0])
+  log_y = jnp.where(valid, to_time_major(error[1]).astype(log_dtype), -jnp.inf)
+  aliases = []  # per output leaf: the carry leaf it is (y_t = h_t), or None
+
+  def step(c, gx):
+    new, y = recur(params, c, gx)
+    new_leaves = jax.tree.leaves(new)
+    aliases[:] = [next((i for i, leaf in enumerate(new_leaves) if out is leaf), None)
+                  for out in jax.tree.leaves(y)]
+    return new, [out for out, i in zip(jax.tree.leaves(y), aliases) if i is None]
+
+  def backward(later, inputs):
+    # later: the error on the carry before the step after this one, from the steps after.
+    c, gx, v, u_y, l_y = inputs
+    (new, beside), pullback = jax.vjp(step, c, gx)
+    u_y = jax.tree.leaves(u_y)
+    local = [jnp.zeros_like(leaf) for leaf in jax.tree.leaves(new)]
+    for u, i in zip(u_y, aliases):
+      if i is not None:
+        local[i] = local[i] + u.astype(local[i].dtype)
+    unit, log = _log_add(later, (jax.tree.unflatten(carry_def, local), l_y), keep)
+    log = jnp.where(v, log, -jnp.inf)
+    unit = jax.tree.map(lambda u: jnp.where(_expand(v, u), u, 0), unit)
+    leaf_logs = [log + _log_norm([leaf], keep) for leaf in jax.tree.leaves(unit)]
+
+    zeros_beside = [jnp.zeros_like(b) for b in beside]
+    cot_carry, cot_gx = pullback((unit, zeros_beside))
+    (unit_c, log_c), (unit_gx, log_gx) = (_log_normalize(cot_carry, keep),
+                                          _log_normalize(cot_gx, keep))
+    earlier, gx_error = (unit_c, log_c + log), (unit_gx, log_gx + log)
+    if beside:  # outputs computed beside the carry: their error enters the step directly
+      u_beside = [u.astype(b.dtype) for u, b in
+                  zip([u for u, i in zip(u_y, aliases) if i is None], beside)]
+      cot_carry, cot_gx = pullback((jax.tree.map(jnp.zeros_like, new), u_beside))
+      earlier = _log_add(earlier, _shifted(_log_normalize(cot_carry, keep), l_y), keep)
+      gx_error = _log_add(gx_error, _shifted(_log_normalize(cot_gx, keep), l_y), keep)
+    return earlier, (leaf_logs, gx_error if need_input else None)
+
+  start = (jax.tree.map(jnp.zeros_like, carry), jnp.full(batch_shape, -jnp.inf, log_dtype))
+  _, (leaf_logs, gx_error) = lax.scan(backward, start, (befores, gxs, valid, unit_y, log_y),
+                                      reverse=not spec.reverse)
+  parts = [jax.tree.unflatten(carry_def, leaf_logs)]
+  if not need_input:
+    return parts, None
+  # project acts on each step and example separately, so its pullback takes each step's unit
+  # error to that step's input error, whose log-scale is the unit error's plus its norm's.
+  unit_x = project_pullback(jax.tree.map(lambda u, g: u.astype(g.dtype), gx_error[0], gxs))[0]
+  unit_x, log_x = _log_normalize(unit_x, 1 + keep)
+  log_x = jnp.where(valid, log_x + gx_error[1], -jnp.inf)
+  unit_x = jnp.where(_expand(valid, unit_x), unit_x, 0)
+  back = lambda a: jnp.moveaxis(a, 0, time_axis)
+  return parts, (back(unit_x), back(log_x))
+
+
+def _layout(layer: layers_lib.Layer) -> tuple[int, bool]:
+  """``(feature_ndim, time_major)`` of a sequence layer's inputs and outputs."""
+  spec = layers_lib.recurrent_layers(layer)[0].spec
+  return sequence.feature_ndim(spec.cell), spec.time_major
+
+
+def _shifted(error: tuple[Any, jax.Array], log: jax.Array) -> tuple[Any, jax.Array]:
+  return error[0], error[1] + log
 
 
 # ----------------------------------------------------------------------------- Jacobians

@@ -22,33 +22,43 @@ def _pyplot():
 
 
 def plot_lag_profiles(path: str | os.PathLike, profiles: Mapping[str, Mapping[str, np.ndarray]],
-                      title: str) -> None:
+                      title: str, *, log: bool = False) -> None:
   r"""One panel per phase: each cell's gradient norm relative to lag 0, against the lag,
   on a log scale.
+
+  The curves are drawn as ``log10`` of the relative norm on a linear axis labelled in
+  powers of ten, so decays past float64's range (1e-308) show: pass log-norms from
+  ``gradflow.grad_norms(..., log=True)`` with ``log=True``. Zero norms (underflow,
+  padding; ``-inf`` log-norms) leave gaps.
 
   Args:
     path: the image file to write (its suffix picks the format, e.g. ``.png``).
     profiles: ``profiles[phase][cell]``, norms indexed by lag (as
-      ``jaxseq.experiments.lag_profiles`` returns).
+      ``jaxseq.experiments.lag_profiles`` returns), or natural-log norms with ``log``.
     title: the figure's title.
+    log: the profiles hold natural-log norms.
   """
+  if not isinstance(log, bool):
+    _checks.fail("log", "a bool", repr(log), TypeError)
   plt = _pyplot()
+  ticker = _checks.require("matplotlib.ticker", "matplotlib", "plotting")
   phases = list(profiles)
   if not phases:
     _checks.fail("profiles", "at least one phase", "none")
   fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 4), squeeze=False,
                            sharey=True)
-  tiny = np.finfo(np.float64).tiny
   for ax, phase in zip(axes[0], phases):
     for cell, norms in profiles[phase].items():
       norms = np.asarray(norms, dtype=np.float64)
-      rel = norms / norms[0] if norms[0] > 0 else np.full_like(norms, np.nan)
-      # log axes cannot show exact zeros (underflow): clip them to the smallest positive value.
-      ax.plot(np.arange(norms.shape[0]), np.where(rel > 0, rel, tiny), label=cell)
-    ax.set_yscale("log")
+      with np.errstate(divide="ignore", invalid="ignore"):
+        logs = norms if log else np.log(norms)
+        rel = (logs - logs[0]) / np.log(10.0)  # log10 of the norm relative to lag 0
+      ax.plot(np.arange(norms.shape[0]), np.where(np.isfinite(rel), rel, np.nan), label=cell)
+    ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=8, integer=True))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"$10^{{{v:g}}}$"))
     ax.set_xlabel(r"lag $k = T-1-t$")
     ax.set_title(phase)
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, alpha=0.3)
     ax.legend()
   axes[0][0].set_ylabel(r"$\|\partial L / \partial h_t\| \;/\; \|\partial L / \partial h_{T-1}\|$"
                         "  (h: the carry)")

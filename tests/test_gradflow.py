@@ -100,6 +100,19 @@ def test_linear_rnn_gradient_decays_as_rho_to_the_lag(x64):
                              rtol=1e-5)
 
 
+def test_float32_norms_below_the_range_of_their_squares():
+  n, d, num_steps, rho = 4, 2, 90, 0.5
+  _, params = _linear_rnn(n, d, rho, seed=3)
+  cell = jaxseq.simple_rnn(n, activation=lambda x: x)  # float32
+  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+  v = jnp.ones(n) / 2
+  xs = jax.random.normal(jax.random.PRNGKey(2), (num_steps, d))
+  # 0.5^89 ~ 1.6e-27: the squares of the gradient's entries are below float32's range
+  # (1.4e-45); the norm is not.
+  norms = gradflow.grad_norms(cell, params, xs, lambda ys: jnp.sum(v * ys[-1]))
+  np.testing.assert_allclose(norms, rho ** np.arange(num_steps)[::-1], rtol=1e-5)
+
+
 def test_linear_rnn_lyapunov_exponents_and_singular_values(x64):
   n, d, num_steps, rho = 8, 3, 40, 0.7
   cell, params = _linear_rnn(n, d, rho, seed=2)
@@ -296,6 +309,35 @@ def test_stacked_bidirectional_layer_grad_norms_match_brute_force(x64):
   np.testing.assert_allclose(per_example[0]["backward"].c,
                              _norms(expected[0]["backward"].c, True), rtol=1e-10)
   np.testing.assert_allclose(per_example[1], _norms(expected[1], True), rtol=1e-10)
+
+
+def test_nested_bidirectional_norms_are_indexed_by_input_position(x64):
+  """The backward direction of a bidirectional layer over a bidirectional layer runs the
+  inner layer on the flipped sequences: its norms are flipped back to input positions."""
+  inner = jaxseq.bidirectional(jaxseq.gru(3, param_dtype=F64))
+  layer = jaxseq.bidirectional(inner, merge=None)
+  params = layer.init(jax.random.PRNGKey(19), 2)
+  xs = jax.random.normal(jax.random.PRNGKey(20), (2, 6, 2), F64)
+  lengths = jnp.array([6, 4])
+  flip = lambda a: jaxseq.flip_sequences(a, lengths, 1)
+  w = jax.random.normal(jax.random.PRNGKey(21), (6, 6), F64)
+  loss_bw = lambda ys_bw: jnp.sum(w * jnp.tanh(ys_bw))  # on the backward direction only
+
+  norms = gradflow.grad_norms(layer, params, xs, lambda ys: loss_bw(ys[1]), lengths=lengths,
+                              per_example=True)
+  # The backward direction is the inner layer run on the flipped sequences.
+  expected = gradflow.grad_norms(inner, params["backward"], flip(xs),
+                                 lambda ys: loss_bw(flip(ys)), lengths=lengths,
+                                 per_example=True)
+  for direction in ("forward", "backward"):
+    np.testing.assert_allclose(norms["backward"][direction], flip(expected[direction]),
+                               rtol=1e-10)
+    assert np.all(np.asarray(norms["forward"][direction]) == 0)
+  logs = gradflow.grad_norms(layer, params, xs, lambda ys: loss_bw(ys[1]), lengths=lengths,
+                             per_example=True, log=True)
+  with np.errstate(divide="ignore"):  # log 0 = -inf at the padding, as log=True gives
+    np.testing.assert_allclose(logs["backward"]["forward"],
+                               np.log(np.asarray(flip(expected["forward"]))), rtol=1e-10)
 
 
 # ----------------------------------------------------------------------------- the rest
