@@ -153,9 +153,11 @@ def _add_cell_options(parser: argparse.ArgumentParser, hidden: int | None) -> No
                  else "hidden size (default: the task's, 128)")
   parser.add_argument("--hidden", type=_positive_int, default=hidden, metavar="H",
                       help=hidden_help)
-  parser.add_argument("--init", choices=registry.INITS, default=None,
-                      help="initialisation scheme (default: PyTorch's "
-                      "U(-1/sqrt(H), 1/sqrt(H)))")
+  init_help = "initialisation scheme (default: PyTorch's U(-1/sqrt(H), 1/sqrt(H))"
+  if hidden is None:   # train: the task may name another init for the cell
+    init_help += "; without --init, --forget-bias or --chrono, the task's init for the " \
+                 "cell, e.g. chrono for lstm on copy"
+  parser.add_argument("--init", choices=registry.INITS, default=None, help=init_help + ")")
   parser.add_argument("--activation", choices=registry.ACTIVATIONS, default="tanh",
                       help="simple_rnn's activation; relu with --init identity is the IRNN")
   parser.add_argument("--forget-bias", type=_finite_float, default=None, metavar="B",
@@ -354,15 +356,20 @@ def _train(args) -> int:
   judged = train_lib.verdict(result.metric, result.baseline)
   line = f"{task.name}: {train_lib.result_line(task, result)}: {judged.text}"
   if judged.status != "solved":
-    line += f"; {_advice(args, task, settings, judged, length, steps, lr, choice)}"
+    line += f"; {_advice(args, task, settings, judged, length, steps, lr, choice, result)}"
   print(f"{line}  [{seconds:.1f} s]")
   return 0
 
 
-def _advice(args, task, settings, judged, length, steps, lr, choice) -> str:
+def _advice(args, task, settings, judged, length, steps, lr, choice, result) -> str:
   """Which knob to turn when the run did not solve the task."""
   if judged.status == "diverged":
     return f"lower --lr (it was {lr:g})"
+  train_loss = result.history[-1][1]
+  # fits the training batches (near solved) but not the evaluation set
+  if train_loss < 2 * train_lib.SOLVED * result.baseline and result.metric > 2 * train_loss:
+    return (f"it overfits (training {task.metric} {train_loss:.3g}): fewer --steps or a "
+            "smaller --hidden")
   more_steps = f"more --steps (it was {steps}; try {2 * steps})"
   hints = []
   if task.fixed_length is None and length > settings.max_length:

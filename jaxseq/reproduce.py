@@ -342,7 +342,8 @@ FULL = dict(adding_lengths=(100, 200), adding_steps={}, copy_length=100, copy_st
             chrono_length=100, chrono_steps=8000, chrono_t_max_factor=1.5, irnn_length=150,
             irnn_steps=8000, gradflow_length=200,
             defaults=(("copy", "lstm", 50), ("copy", "lstm", 100),
-                      ("temporal_order", "lstm", 100), ("sequential_digits", "lstm", 64)),
+                      ("temporal_order", "lstm", 100), ("sequential_digits", "lstm", 64),
+                      ("permuted_digits", "lstm", 64)),
             defaults_steps=None)
 QUICK = dict(adding_lengths=(20,), adding_steps={20: 60}, copy_length=10, copy_steps=60,
              chrono_length=10, chrono_steps=60, chrono_t_max_factor=1.5, irnn_length=20,

@@ -107,15 +107,16 @@ DEFAULTS: dict[str, TaskDefaults] = {
         learning_rate=1e-2, cell_options={"lstm": {"chrono_t_max": "length"}},
         evidence="copy, T=50: the defaults row (lstm(128), chrono T_max = T + 20)"),
     "temporal_order": TaskDefaults(
-        length=100, max_length=100, steps=((100, 2000),), batch_size=32,
-        learning_rate=1e-2,
-        evidence="temporal_order, T=100: the defaults row (lstm(128))"),
+        length=100, max_length=100, steps=((100, 1000),), batch_size=32,
+        learning_rate=1e-2, cell_options={"lstm": {"chrono_t_max": "length"}},
+        evidence="temporal_order, T=100: the defaults row (lstm(128), chrono T_max = T)"),
     "sequential_digits": TaskDefaults(
         length=64, max_length=64, steps=((64, 2000),), batch_size=64, learning_rate=3e-3,
         evidence="sequential_digits: the defaults row (lstm(128))"),
     "permuted_digits": TaskDefaults(
         length=64, max_length=64, steps=((64, 2000),), batch_size=64, learning_rate=3e-3,
-        evidence="permuted_digits: the defaults row (lstm(128))"),
+        evidence="permuted_digits: the defaults row (lstm(128) overfits the 1437 training "
+                 "images: about 0.25x the baseline, not solved)"),
 }
 """Per-task training defaults, shared by ``train``, ``jaxseq train`` and
 ``jaxseq.reproduce`` (which re-validates them)."""

@@ -297,3 +297,19 @@ def test_reproduce_runs_in_process_and_writes_its_report(tmp_path, capsys):
   assert "Regenerate with `jaxseq reproduce --quick --only gradflow`" in report
   assert "| simple_rnn, relu, identity (IRNN) |" in report
   assert f"wrote {out}" in stdout
+
+
+def test_advice_names_overfitting_when_training_loss_is_far_below_the_metric():
+  args = cli.build_parser().parse_args(["train", "permuted_digits", "--cell", "lstm"])
+  task = tasks.TASKS["permuted_digits"]
+  settings = train_lib.defaults(task)
+  choice = train_lib.cell_for(task, "lstm")
+  baseline = float(np.log(10))
+  overfit = train_lib.TrainResult(None, [(2000, 0.07, 0.6)], 0.6, baseline)
+  advice = cli._advice(args, task, settings, train_lib.verdict(0.6, baseline), 64, 2000,
+                       3e-3, choice, overfit)
+  assert advice == ("it overfits (training xent 0.07): fewer --steps or a smaller --hidden")
+  learning = train_lib.TrainResult(None, [(2000, 0.5, 0.6)], 0.6, baseline)
+  advice = cli._advice(args, task, settings, train_lib.verdict(0.6, baseline), 64, 2000,
+                       3e-3, choice, learning)
+  assert advice == "try more --steps (it was 2000; try 4000)"
