@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 import jaxseq
-from jaxseq.generate import decoder
+from jaxseq.decoding import decoder
 
 VOCAB = "helo"
 WORD = "hello"

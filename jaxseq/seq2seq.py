@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import _checks
-# Names, not the module: jaxseq.generate is also the package's generate function.
-from jaxseq.generate import (Beams, Decoder, Generation, _as_layer, _dtype_of, _time_major,
+# The decoding module (jaxseq.decoding) behind jaxseq.generate and jaxseq.beam_search.
+from jaxseq.decoding import (Beams, Decoder, Generation, _as_layer, _dtype_of, _time_major,
                              as_cell, beam_search, generate, per_row, token_ids)
 from jaxseq.layers import output_size
 
@@ -159,7 +159,7 @@ def seq2seq(encoder: Any, decoder: Any, *, source_vocab: int, target_vocab: int,
     encoder: a ``Cell`` or any sequence layer (``recurrent``, ``stack``, ``bidirectional``).
     decoder: the decoder's core: a ``Cell``, a ``recurrent`` or ``stack`` layer, or a list
       of cells (it must run forward one step at a time: ``as_cell`` of the
-      ``jaxseq.generate`` module).
+      ``jaxseq.decoding`` module).
     source_vocab, target_vocab: the vocabulary sizes (target ids include the start token
       and any stop token).
     embed_size: ``E`` for ``jaxseq.nn.Embedding`` tables on both sides; ``None``: one-hot.

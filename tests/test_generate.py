@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import jaxseq
-from jaxseq.generate import as_cell, decoder, sample_logits
+from jaxseq.decoding import as_cell, decoder, sample_logits
 
 V = 7
 KEY = jax.random.PRNGKey(0)

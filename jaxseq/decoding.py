@@ -1,11 +1,10 @@
 r"""One-to-many decoding: a token-in, logits-out ``Decoder``, ``generate`` and ``beam_search``.
 
 A ``Decoder`` is one autoregressive step as pure functions (the ``Cell`` pattern one level
-up). ``jaxseq.generate`` is the function below, so the module's other names are imported
-from the module::
+up). This module is ``jaxseq.decoding``; its names are re-exported at the top level
+(``jaxseq.generate``, ``jaxseq.beam_search``, ``jaxseq.decoder``, ``jaxseq.as_cell``)::
 
-    from jaxseq.generate import decoder
-    dec = decoder(jaxseq.stack(jaxseq.lstm(128), jaxseq.lstm(128)), vocab_size=V,
+    dec = jaxseq.decoder(jaxseq.stack(jaxseq.lstm(128), jaxseq.lstm(128)), vocab_size=V,
                   embed=32)                      # or embed=None: one-hot inputs
     params = dec.init(key)                       # {"embed", "core", "readout"}
     logits, carry = dec.apply(params, tokens)    # teacher forcing, tokens (*batch, T)
@@ -380,7 +379,7 @@ def _pad_id(pad_token: Any, vocab_size: int) -> int:
 
 def _check_decoder(dec: Any) -> Decoder:
   if not all(hasattr(dec, name) for name in ("step", "initialize_carry", "vocab_size")):
-    _checks.fail("decoder", "a jaxseq Decoder (decoder(...) from the jaxseq.generate module, "
+    _checks.fail("decoder", "a jaxseq Decoder (jaxseq.decoder(...), "
                  "or a seq2seq model's .decoder)", type(dec).__name__, TypeError)
   return dec
 
@@ -405,7 +404,7 @@ def generate(decoder: Decoder, params: Params, start: Any, num_steps: int, *,
   (a ``key``; one fresh subkey per step, so a key fixes the whole sample).
 
   Args:
-    decoder: a ``Decoder`` (``from jaxseq.generate import decoder``, or a ``seq2seq``
+    decoder: a ``Decoder`` (``jaxseq.decoder``, or a ``seq2seq``
       model's ``.decoder``).
     params: its params.
     start: the first input token(s), int ids of shape ``(*batch,)`` (a Python int for one
