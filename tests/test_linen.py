@@ -240,7 +240,7 @@ def test_params_work_with_torch_interop_and_gradflow():
   torch_lstm = torch.nn.LSTM(D, H, batch_first=True)
   torch_lstm.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
   with torch.no_grad():
-    want = torch_lstm(torch.from_numpy(np.asarray(xs)))[0].numpy()
+    want = torch_lstm(torch.from_numpy(np.array(xs)))[0].numpy()
   _close(module.apply(variables, xs), want)
 
   # A stacked bidirectional module, both ways: weights out, and imported weights in.
@@ -250,7 +250,7 @@ def test_params_work_with_torch_interop_and_gradflow():
   torch_lstm = torch.nn.LSTM(D, H, num_layers=2, bidirectional=True, batch_first=True)
   torch_lstm.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
   with torch.no_grad():
-    want = torch_lstm(torch.from_numpy(np.asarray(xs)))[0].numpy()
+    want = torch_lstm(torch.from_numpy(np.array(xs)))[0].numpy()
   _close(stacked.apply(variables, xs), want)
   layer, tree = jaxseq.interop.from_torch(torch_lstm)
   _close(jl.RNN(layer).apply(jl.to_variables(tree), xs), want)
