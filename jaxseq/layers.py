@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import _checks
+from jaxseq import kernels
 from jaxseq import specs
 from jaxseq._layer import Layer
 from jaxseq.cells.base import Cell, LSTMState, halves
@@ -122,7 +123,7 @@ def _sequence_output_shape(init, apply, time_major: bool = False):
 
 def recurrent(cell: Cell, *, reverse: bool = False, time_major: bool = False,
               unroll: int | bool = 1, remat: bool | int = False, dropout: float = 0.0,
-              recurrent_dropout: float = 0.0) -> Layer:
+              recurrent_dropout: float = 0.0, kernel: str = "auto") -> Layer:
   """A layer that runs ``cell`` over the sequence with ``jaxseq.unroll``.
 
   Args:
@@ -133,6 +134,8 @@ def recurrent(cell: Cell, *, reverse: bool = False, time_major: bool = False,
     recurrent_dropout: drop rate on ``h_{t-1}`` as it enters each step, one mask per
       sequence (Gal & Ghahramani 2016). Both only act when ``apply`` gets a ``key`` (in a
       ``serial``: ``train=True`` and a ``key``, as every network layer).
+    kernel: as in ``jaxseq.unroll`` (``"auto"``, ``"reference"``, ``"xla"``), checked
+      here. Recurrent dropout changes the recurrence, so with it on the scan runs.
 
   ``params`` are the cell's params; ``carry`` is the cell's carry.
   """
@@ -147,7 +150,9 @@ def recurrent(cell: Cell, *, reverse: bool = False, time_major: bool = False,
     _checks.positive_int("unroll", unroll)
   if not isinstance(remat, bool):
     _checks.positive_int("remat", remat)
-  options = dict(reverse=reverse, time_major=time_major, unroll=unroll, remat=remat)
+  kernel = kernels.check(kernel)
+  options = dict(reverse=reverse, time_major=time_major, unroll=unroll, remat=remat,
+                 kernel=kernel)
 
   def init(key: jax.Array, input_size: Any) -> Any:
     return cell.init(key, input_size)

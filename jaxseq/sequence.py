@@ -3,7 +3,7 @@
 The cell's input half (``project``) runs once over all steps, one GEMM or convolution
 over T·B; its recurrent half (``recur``) is then scanned with ``jax.lax.scan``, or run by the
 cell's whole-sequence ``Kernel`` when it has one bound to that very ``recur`` (the one plug-in
-point for fast kernels; see ``jaxseq.cells.base.Kernel``).
+point for fast kernels; see ``jaxseq.cells.base.Kernel`` and ``jaxseq.kernels``).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxseq import _checks
-from jaxseq.cells.base import Cell, halves
+from jaxseq import kernels as kernels_lib
+from jaxseq.cells.base import Cell, Kernel, halves
 
 
 def feature_ndim(cell: Cell) -> int:
@@ -26,7 +27,8 @@ def feature_ndim(cell: Cell) -> int:
 
 def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
            lengths: jax.Array | None = None, reverse: bool = False, time_major: bool = False,
-           unroll: int | bool = 1, remat: bool | int = False) -> tuple[Any, Any]:
+           unroll: int | bool = 1, remat: bool | int = False,
+           kernel: str = "auto") -> tuple[Any, Any]:
   r"""Runs ``cell`` over a sequence with ``jax.lax.scan`` (backpropagation through time).
 
   Args:
@@ -46,6 +48,16 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
     remat: gradient checkpointing for long sequences. ``True``: chunks of
       ``ceil(sqrt(T))`` steps, so backward memory is O(sqrt(T)) carries instead of O(T)
       at the cost of one extra forward pass; an int: that chunk length.
+    kernel: which implementation runs the recurrent half, chosen here in Python before
+      tracing (``jaxseq.kernels``). ``"auto"`` (default): the cell's own ``Kernel`` when it
+      has one bound to its ``recur`` (every dense built-in cell has the fused XLA path, on
+      every backend), else the scan. ``"xla"``: the cell's kernel written in JAX
+      (``Kernel.name == "xla"``, such as the fused XLA path) where it has one, else the
+      scan. ``"reference"``: always the ``lax.scan`` of ``recur``, differentiated by JAX.
+      A wrapped cell whose recurrence changed (recurrent dropout, ``gradflow``) and
+      ``remat`` always run the scan, so no path drops a wrapper's change. ``"cudnn"`` and
+      ``"pallas"`` are not available in this build (``ValueError``);
+      ``jaxseq.kernels.available()`` lists what this machine runs.
 
   Returns:
     ``(ys, carry)``: the outputs ``(*batch, T, *out_features)`` and the final carry.
@@ -62,6 +74,7 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
     _checks.fail("reverse", "a bool", repr(reverse), TypeError)
   if not isinstance(time_major, bool):
     _checks.fail("time_major", "a bool", repr(time_major), TypeError)
+  kernel = kernels_lib.check(kernel)
   if isinstance(unroll, bool):  # lax.scan's unroll=True unrolls fully; False means 1
     unroll = True if unroll else 1
   else:
@@ -95,13 +108,25 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
                      f"dtypes ({', '.join(str(jnp.result_type(l)) for l in jax.tree.leaves(carry))})",
                      TypeError)
 
-  kernel = cell.kernel
-  if kernel is not None and kernel.recur is recur and chunk is None:
-    carry, ys = _run_kernel(kernel.run, project, params, carry, xs, lengths, reverse, unroll)
+  run = _kernel_run(cell.kernel, recur, kernel, chunk)
+  if run is not None:
+    carry, ys = _run_kernel(run, project, params, carry, xs, lengths, reverse, unroll)
   else:
     carry, ys = _scan(project, recur, params, carry, xs, lengths, reverse, unroll, chunk)
   ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys)
   return ys, carry
+
+
+def _kernel_run(cell_kernel: Kernel | None, recur: Any, kernel: str, chunk: int | None):
+  """The ``run`` of the whole-sequence kernel that ``kernel`` selects, or ``None`` for the
+  scan. A kernel runs only for the recurrence it is bound to (the cell's ``recur`` itself),
+  never under ``remat`` (it has no chunked checkpointing)."""
+  if (kernel == "reference" or chunk is not None or cell_kernel is None
+      or cell_kernel.recur is not recur):
+    return None
+  if kernel == "xla" and cell_kernel.name != "xla":
+    return None
+  return cell_kernel.run
 
 
 def _masked_inputs(xs: jax.Array, lengths: jax.Array | None) -> jax.Array:

@@ -126,6 +126,7 @@ class RecurrentSpec(SequenceSpec):
   remat: Any = False
   dropout: float = 0.0
   recurrent_dropout: float = 0.0
+  kernel: str = "auto"
   kind: str = "recurrent"
 
   @property

@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxseq import _checks
 from jaxseq import initializers
+from jaxseq.kernels import xla
 
 Params = Any      # a dict pytree of arrays
 Carry = Any       # an array or a NamedTuple of arrays
@@ -59,9 +60,13 @@ class Kernel(NamedTuple):
     run: ``run(params, carry, gxs, lengths, reverse, unroll) -> (carry, ys)`` over the
       time-major ``gxs`` (``project``'s output), with ``unroll``'s semantics for ``lengths``
       (masked steps keep the carry and output zeros) and ``reverse``.
+    name: the path it is, for ``unroll(..., kernel=...)``: ``"xla"`` (the default) for a
+      kernel written in JAX and compiled by XLA, as the dense cells' fused path
+      (``jaxseq.kernels.xla``); accelerator kernels will carry their own names.
   """
   recur: Callable[..., Any]
   run: Callable[..., Any]
+  name: str = "xla"
 
 
 class Cell(NamedTuple):
@@ -122,13 +127,28 @@ def _identity_project(params: Params, xs: Any) -> Any:
 
 def split_cell(init: InitFn, initialize_carry: InitializeCarryFn, project: ProjectFn,
                recur: RecurFn, spec: Any,
-               check: Callable[[Params, Carry, jax.Array], None] | None = None) -> Cell:
+               check: Callable[[Params, Carry, jax.Array], None] | None = None,
+               kernel: Kernel | None = None) -> Cell:
   """A ``Cell`` from its halves; ``step`` checks its inputs (``check``) then composes them."""
   def step(params: Params, carry: Carry, x_t: jax.Array):
     if check is not None:
       check(params, carry, x_t)
     return recur(params, carry, project(params, x_t))
-  return Cell(init, initialize_carry, step, spec, project, recur)
+  return Cell(init, initialize_carry, step, spec, project, recur, kernel)
+
+
+def fused_cell(init: InitFn, initialize_carry: InitializeCarryFn, project: ProjectFn,
+               equations: xla.Equations, spec: Any,
+               check: Callable[[Params, Carry, jax.Array], None] | None = None,
+               input_sums: tuple = ()) -> Cell:
+  """A dense ``Cell`` whose recurrent half is written once, as
+  ``equations(params, carry, gx_t, recurrent)`` with every recurrent matmul through
+  ``recurrent(a, w)``: ``recur`` is ``equations`` with ``jnp.matmul``, and the cell's
+  ``Kernel`` (``"xla"``, bound to that ``recur``) is the fused path of the same equations
+  (``jaxseq.kernels.xla.fused_run``; ``input_sums`` as there)."""
+  recur = xla.recurrence(equations)
+  kernel = Kernel(recur, xla.fused_run(equations, input_sums=input_sums), "xla")
+  return split_cell(init, initialize_carry, project, recur, spec, check, kernel)
 
 
 class LSTMState(NamedTuple):

@@ -10,7 +10,7 @@ from jaxseq import _checks
 from jaxseq import specs
 from jaxseq.cells.base import (Cell, Initializer, cast, check_callable, common_options,
                                default_inits, dense_check, dense_params, dense_project,
-                               split_cell, zeros_carry)
+                               fused_cell, zeros_carry)
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -73,14 +73,16 @@ def gru(hidden_size: int, *, reset_after: bool = True, gate_fn: Activation = jax
                         recurrent_init=recurrent_init, bias_init=bias_init,
                         use_bias=use_bias, param_dtype=param_dtype, hidden_bias=reset_after)
 
-  def recur(params: dict, h: jax.Array, gx: jax.Array):
+  def equations(params: dict, h: jax.Array, gx: jax.Array, recurrent):
     h, w_hh, b_hn = cast(dtype, h, params["w_hh"], params.get("b_hn"))
-    h = gru_update(gx, h, w_hh, b_hn, jnp.matmul, reset_after=reset_after, gate_fn=gate_fn,
+    h = gru_update(gx, h, w_hh, b_hn, recurrent, reset_after=reset_after, gate_fn=gate_fn,
                    activation=activation)
     return h, h
 
   spec = specs.GRUSpec(hidden_size=H, output_size=H, reset_after=reset_after,
                        gate_fn=gate_fn, activation=activation, use_bias=use_bias)
   initialize_carry = zeros_carry(H, dtype)
-  return split_cell(init, initialize_carry, dense_project(dtype), recur, spec,
-                    dense_check("gru", initialize_carry))
+  # The recurrent products added straight to x W + b (r, z; n too when reset-before).
+  sums = [(0, 0, 2 * H, 0)] if reset_after else [(0, 0, 2 * H, 0), (1, 0, H, 2 * H)]
+  return fused_cell(init, initialize_carry, dense_project(dtype), equations, spec,
+                    dense_check("gru", initialize_carry), input_sums=sums)

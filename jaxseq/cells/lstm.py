@@ -11,7 +11,7 @@ from jaxseq import initializers
 from jaxseq import specs
 from jaxseq.cells.base import (Cell, Initializer, LSTMState, cast, check_callable,
                                check_number, common_options, default_inits, dense_check,
-                               dense_params, dense_project, split_cell,
+                               dense_params, dense_project, fused_cell,
                                step_shape)
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -144,22 +144,24 @@ def lstm(hidden_size: int, *, peephole: bool = False, coupled: bool = False,
     return LSTMState(h=jnp.zeros(batch_shape + (out_size,), h_dtype),
                      c=jnp.zeros(batch_shape + (H,), state_dtype or h_dtype))
 
-  def recur(params: dict, carry: LSTMState, gx: jax.Array):
+  def equations(params: dict, carry: LSTMState, gx: jax.Array, recurrent):
     h, c = carry
     h, w_hh = cast(dtype, h, params["w_hh"])
     peepholes = None
     if peephole:
       peepholes = dict(zip(PEEPHOLES, cast(dtype, *(params.get(n) for n in PEEPHOLES))))
-    h, c = lstm_update(gx, LSTMState(h, c), w_hh, jnp.matmul, gates=gates,
+    h, c = lstm_update(gx, LSTMState(h, c), w_hh, recurrent, gates=gates,
                        peepholes=peepholes, gate_fn=gate_fn, cell_fn=cell_fn,
                        hidden_fn=hidden_fn)
     (h, w_hr) = cast(dtype, h, params.get("w_hr"))
     if w_hr is not None:
-      h = h @ w_hr
+      h = recurrent(h, w_hr)
     return LSTMState(h, c), h
 
   spec = specs.LSTMSpec(hidden_size=H, output_size=out_size, peephole=peephole,
                         coupled=coupled, proj_size=proj_size, gate_fn=gate_fn,
                         cell_fn=cell_fn, hidden_fn=hidden_fn, use_bias=use_bias)
-  return split_cell(init, initialize_carry, dense_project(dtype), recur, spec,
-                    dense_check("lstm", initialize_carry))
+  # z = x W + b + h W_hh: the recurrent product of all gates is added straight to x W + b.
+  return fused_cell(init, initialize_carry, dense_project(dtype), equations, spec,
+                    dense_check("lstm", initialize_carry),
+                    input_sums=[(0, 0, num_gates * H, 0)])

@@ -10,7 +10,7 @@ from jaxseq import _checks
 from jaxseq import specs
 from jaxseq.cells.base import (Cell, Initializer, cast, check_callable, common_options,
                                default_inits, dense_check, dense_params, dense_project,
-                               split_cell, zeros_carry)
+                               fused_cell, zeros_carry)
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -50,24 +50,26 @@ def mgu(hidden_size: int, *, reset_after: bool = False, gate_fn: Activation = ja
                         recurrent_init=recurrent_init, bias_init=bias_init,
                         use_bias=use_bias, param_dtype=param_dtype, hidden_bias=reset_after)
 
-  def recur(params: dict, h: jax.Array, gx: jax.Array):
+  def equations(params: dict, h: jax.Array, gx: jax.Array, recurrent):
     h, w_hh, b_hn = cast(dtype, h, params["w_hh"], params.get("b_hn"))
     x_f, x_n = jnp.split(gx, 2, axis=-1)
     if reset_after:
-      h_f, h_n = jnp.split(h @ w_hh, 2, axis=-1)
+      h_f, h_n = jnp.split(recurrent(h, w_hh), 2, axis=-1)
       if b_hn is not None:
         h_n = h_n + b_hn
       f = gate_fn(x_f + h_f)
       n = activation(x_n + f * h_n)
       h = (1.0 - f) * n + f * h
     else:
-      f = gate_fn(x_f + h @ w_hh[:, :H])
-      n = activation(x_n + (f * h) @ w_hh[:, H:])
+      f = gate_fn(x_f + recurrent(h, w_hh[:, :H]))
+      n = activation(x_n + recurrent(f * h, w_hh[:, H:]))
       h = (1.0 - f) * h + f * n
     return h, h
 
   spec = specs.MGUSpec(hidden_size=H, output_size=H, reset_after=reset_after,
                        gate_fn=gate_fn, activation=activation, use_bias=use_bias)
   initialize_carry = zeros_carry(H, dtype)
-  return split_cell(init, initialize_carry, dense_project(dtype), recur, spec,
-                    dense_check("mgu", initialize_carry))
+  # The recurrent products added straight to x W + b (f; n too when reset-before).
+  sums = [(0, 0, H, 0)] if reset_after else [(0, 0, H, 0), (1, 0, H, H)]
+  return fused_cell(init, initialize_carry, dense_project(dtype), equations, spec,
+                    dense_check("mgu", initialize_carry), input_sums=sums)

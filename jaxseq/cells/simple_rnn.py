@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jaxseq import specs
 from jaxseq.cells.base import (Cell, Initializer, cast, check_callable, common_options,
                                default_inits, dense_check, dense_params, dense_project,
-                               split_cell, zeros_carry)
+                               fused_cell, zeros_carry)
 
 
 def simple_rnn(hidden_size: int, activation: Callable[[jax.Array], jax.Array] = jnp.tanh, *,
@@ -44,13 +44,14 @@ def simple_rnn(hidden_size: int, activation: Callable[[jax.Array], jax.Array] = 
                         recurrent_init=recurrent_init, bias_init=bias_init,
                         use_bias=use_bias, param_dtype=param_dtype)
 
-  def recur(params: dict, h: jax.Array, gx: jax.Array):
+  def equations(params: dict, h: jax.Array, gx: jax.Array, recurrent):
     h, w_hh = cast(dtype, h, params["w_hh"])
-    h = activation(gx + h @ w_hh)
+    h = activation(gx + recurrent(h, w_hh))
     return h, h
 
   spec = specs.SimpleRNNSpec(hidden_size=hidden_size, output_size=hidden_size,
                              activation=activation, use_bias=use_bias)
   initialize_carry = zeros_carry(hidden_size, dtype)
-  return split_cell(init, initialize_carry, dense_project(dtype), recur, spec,
-                    dense_check("simple_rnn", initialize_carry))
+  return fused_cell(init, initialize_carry, dense_project(dtype), equations, spec,
+                    dense_check("simple_rnn", initialize_carry),
+                    input_sums=[(0, 0, hidden_size, 0)])

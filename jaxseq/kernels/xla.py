@@ -1,0 +1,258 @@
+r"""The fused XLA path: a whole-sequence recurrence with a linear-tangent custom derivative.
+
+A cell's recurrent half is written once, as ``equations(params, carry, gx_t, recurrent)``
+whose recurrent linear maps all go through ``recurrent(a, w)`` (a matmul for dense cells;
+``a`` depends on the carry, ``w`` on the params only). The cell's ``recur`` is ``equations``
+with the plain linear map (``recurrence``); ``fused_run`` builds, from the same
+``equations``, a whole-sequence run whose derivative is a ``jax.custom_jvp`` with a
+*linear* tangent rule:
+
+1. the forward scan (the plain recurrence) also keeps, per step, each linear map's left
+   operand ``a_t`` and its product ``a_t w``;
+2. the weight tangents ``a_t \, dw`` of all steps are one matmul over ``T·B`` rows each,
+   outside the loop;
+3. a linear scan carries only the carry's tangent: ``jax.jvp`` of ``equations`` at the stored
+   values, where each linear map returns its stored product (no matmul is recomputed) with
+   the tangent ``da \, w`` plus the hoisted ``a \, dw``.
+
+Forward mode is that rule itself (``check_grads(modes=["fwd", "rev"])`` holds). Reverse mode
+is JAX's transpose of it, which is the backward of cuDNN, oneDNN or haste: a reverse scan over
+``(B, H)`` cotangents whose only matmul is ``\delta_t W^\top``, then ``dW = A^\top \Delta``
+as one matmul over ``T·B`` rows (and ``dW_{ih} = X^\top \Delta``, ``dX = \Delta W_{ih}^\top``
+in the transpose of the cell's input half, outside the kernel).
+
+``input_sums`` removes a duplicate: when a product is added to the input half's ``gx`` right
+away (``z = gx + h W_{hh}``), its hoisted tangent is added to ``gx``'s tangent instead, so the
+backward scan writes the cotangent ``\Delta`` once and both ``dW_{ih}`` and ``dW_{hh}`` read it.
+
+``recompute``: the pointwise part of each step (gate activations and their derivatives) is
+recomputed in the backward scan from the stored ``gx_t``, products and carry (``True``, the
+default: measured faster on CPU and lighter, ``benchmarks/results/kernels.md``), or stored as
+residuals by a separate scan in the forward pass (``False``).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Equations = Callable[..., Any]   # equations(params, carry, gx_t, recurrent) -> (carry, y_t)
+Linear = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class InputSum(NamedTuple):
+  """Columns ``[start, stop)`` of the ``product``-th call's result of ``recurrent`` are added
+  to ``gx[..., at:at + stop - start]`` and used only through that sum."""
+  product: int
+  start: int
+  stop: int
+  at: int
+
+
+def recurrence(equations: Equations, linear: Linear = jnp.matmul) -> Callable[..., Any]:
+  """The recurrent half ``recur(params, carry, gx_t)`` of ``equations``: the plain
+  ``linear`` map."""
+  def recur(params, carry, gx_t):
+    return equations(params, carry, gx_t, linear)
+  return recur
+
+
+def fused_run(equations: Equations, linear: Linear = jnp.matmul,
+              input_sums: Sequence[InputSum] = (), recompute: bool = True) -> Callable[..., Any]:
+  """A ``Kernel.run`` for the recurrence ``equations`` (see the module docstring):
+  ``run(params, carry, gxs, lengths, reverse, unroll) -> (carry, ys)`` over the time-major
+  ``gxs``; steps at or past ``lengths`` keep the carry and output zeros.
+
+  ``linear(a, w)`` must accept any leading axes on ``a`` (time is added to the batch axes
+  when the weight tangents are hoisted)."""
+  config = _Config(equations, linear, tuple(InputSum(*s) for s in input_sums), recompute)
+
+  def run(params, carry, gxs, lengths, reverse, unroll):
+    valid = None
+    if lengths is not None:
+      num_steps = jax.tree.leaves(gxs)[0].shape[0]
+      valid = jnp.arange(num_steps).reshape((-1,) + (1,) * lengths.ndim) < lengths
+    return _fused(config, reverse, unroll, params, carry, gxs, valid)
+  return run
+
+
+class _Config(NamedTuple):
+  equations: Equations
+  linear: Linear
+  input_sums: tuple
+  recompute: bool
+
+
+def _mask(valid_t, new, old):
+  """``new`` where the step is valid, else ``old`` (leaf by leaf)."""
+  if valid_t is None:
+    return new
+  def keep(n, o):
+    return jnp.where(valid_t.reshape(valid_t.shape + (1,) * (n.ndim - valid_t.ndim)), n, o)
+  return jax.tree.map(keep, new, old)
+
+
+def _zeros_like(tree):
+  return jax.tree.map(jnp.zeros_like, tree)
+
+
+class _Recorder:
+  """The forward scan's linear map: the plain product, keeping ``a`` and the product."""
+
+  def __init__(self, linear):
+    self.linear, self.operands, self.products = linear, [], []
+
+  def __call__(self, a, w):
+    product = self.linear(a, w)
+    self.operands.append(a)
+    self.products.append(product)
+    return product
+
+
+class _WeightRecorder:
+  """Collects the ``w`` of each call (a function of the params only)."""
+
+  def __init__(self, linear):
+    self.linear, self.weights = linear, []
+
+  def __call__(self, a, w):
+    self.weights.append(w)
+    return self.linear(a, w)
+
+
+class _Stored:
+  """The tangent scan's linear map: the ``k``-th call returns the stored product, plus the
+  hoisted weight term ``injected[k]`` (zero primal, tangent ``a_t dw``) on the column
+  ranges ``columns[k]`` not folded into ``gx`` (``None``: all columns)."""
+
+  def __init__(self, linear, products, injected, columns):
+    self.linear, self.products, self.injected, self.columns = (linear, products, injected,
+                                                               columns)
+    self.calls = 0
+
+  def __call__(self, a, w):
+    k = self.calls
+    self.calls += 1
+    out = _stored_linear(self.linear, a, w, self.products[k])
+    injected, columns = self.injected[k], self.columns[k]
+    if injected is None:
+      return out
+    if columns is None:
+      return out + injected
+    offset = 0
+    for start, stop in columns:
+      out = out + _placed(injected[..., offset:offset + stop - start], start, out.shape[-1])
+      offset += stop - start
+    return out
+
+
+def _placed(x: jax.Array, start: int, width: int) -> jax.Array:
+  """``x`` at columns ``start:start + x.shape[-1]`` of ``width`` columns, zeros elsewhere
+  (a pad, which fuses into the add and transposes to a slice; a scatter would not)."""
+  if start == 0 and x.shape[-1] == width:
+    return x
+  pads = [(0, 0)] * (x.ndim - 1) + [(start, width - start - x.shape[-1])]
+  return jnp.pad(x, pads)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _stored_linear(linear, a, w, product):
+  """``linear(a, w)``, already computed (``product``); its tangent is ``linear(da, w)``
+  only: the ``linear(a, dw)`` term is hoisted out of the loop by the caller."""
+  del a, w
+  return product
+
+
+@_stored_linear.defjvp
+def _stored_linear_jvp(linear, primals, tangents):
+  a, w, product = primals
+  return product, linear(tangents[0], w).astype(product.dtype)
+
+
+def _forward(config, params, carry, gxs, valid, reverse, unroll, record):
+  def body(carry, inputs):
+    gx_t, valid_t = inputs
+    linear = _Recorder(config.linear) if record else config.linear
+    new_carry, y = config.equations(params, carry, gx_t, linear)
+    new_carry = _mask(valid_t, new_carry, carry)
+    y = _mask(valid_t, y, _zeros_like(y))
+    if not record:
+      return new_carry, y
+    return new_carry, (y, carry, linear.operands, linear.products)
+  return lax.scan(body, carry, (gxs, valid), reverse=reverse, unroll=unroll)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _fused(config, reverse, unroll, params, carry, gxs, valid):
+  return _forward(config, params, carry, gxs, valid, reverse, unroll, record=False)
+
+
+def _unfolded(width: int, sums: list) -> list | None:
+  """The column ranges ``[(start, stop), ...]`` of a product of ``width`` columns that
+  are not folded into ``gx``; ``None`` when none is folded."""
+  if not sums:
+    return None
+  ranges, start = [], 0
+  for s in sorted(sums, key=lambda s: s.start):
+    if s.start > start:
+      ranges.append((start, s.start))
+    start = max(start, s.stop)
+  if start < width:
+    ranges.append((start, width))
+  return ranges
+
+
+@_fused.defjvp
+def _fused_jvp(config, reverse, unroll, primals, tangents):
+  params, carry, gxs, valid = primals
+  d_params, d_carry, d_gxs, _ = tangents
+  equations, linear = config.equations, config.linear
+  final, (ys, carries, operands, products) = _forward(
+      config, params, carry, gxs, valid, reverse, unroll, record=True)
+
+  # The weight tangents of every step at once: one product over T·B rows per weight.
+  def weights(p):
+    recorder = _WeightRecorder(linear)
+    equations(p, carry, jax.tree.map(lambda g: g[0], gxs), recorder)
+    return recorder.weights
+  _, d_weights = jax.jvp(weights, (params,), (d_params,))
+  hoisted = [linear(a, dw).astype(p.dtype)
+             for a, dw, p in zip(operands, d_weights, products)]
+
+  injected, columns = [], []
+  for k, h in enumerate(hoisted):
+    sums = [s for s in config.input_sums if s.product == k]
+    for s in sums:
+      d_gxs = d_gxs + _placed(h[..., s.start:s.stop], s.at, d_gxs.shape[-1])
+    rest = _unfolded(h.shape[-1], sums)
+    columns.append(rest)
+    if rest is None:
+      injected.append(h)
+    elif rest:
+      injected.append(jnp.concatenate([h[..., a:b] for a, b in rest], axis=-1))
+    else:
+      injected.append(None)
+
+  def step(carry_prev, gx_t, zero_t, params, products_t):
+    return equations(params, carry_prev, gx_t,
+                     _Stored(linear, products_t, zero_t, columns))
+  if config.recompute:
+    step = jax.checkpoint(step)
+
+  def body(d_carry, inputs):
+    carry_prev, gx_t, d_gx_t, products_t, injected_t, valid_t = inputs
+    zero_t = _zeros_like(injected_t)
+    _, (d_new, d_y) = jax.jvp(
+        lambda c, g, z, p: step(c, g, z, p, products_t),
+        (carry_prev, gx_t, zero_t, params), (d_carry, d_gx_t, injected_t, d_params))
+    d_new = _mask(valid_t, d_new, d_carry)
+    d_y = _mask(valid_t, d_y, _zeros_like(d_y))
+    return d_new, d_y
+
+  d_final, d_ys = lax.scan(body, d_carry,
+                           (carries, gxs, d_gxs, products, injected, valid),
+                           reverse=reverse, unroll=unroll)
+  return (final, ys), (d_final, d_ys)

@@ -1,0 +1,263 @@
+"""Kernel paths (``jaxseq.kernels``): the fused XLA path against the reference scan.
+
+Oracle: ``unroll(..., kernel="reference")``, the ``lax.scan`` of the cell's ``recur``
+differentiated by JAX's own autodiff, and finite differences (``check_grads``). The fused
+path's derivative is a hand-built ``custom_jvp`` (hoisted weight tangents, linear scan), so
+agreement to ~1e-12 in float64 is agreement of two independent derivations.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxseq
+from jaxseq.cells.base import LSTMState
+
+KEY = jax.random.PRNGKey(0)
+B, T, D, H = 3, 5, 4, 6
+
+CELLS = {
+    "simple_rnn": lambda: jaxseq.simple_rnn(H),
+    "simple_rnn_relu_nobias": lambda: jaxseq.simple_rnn(H, jax.nn.relu, use_bias=False),
+    "lstm": lambda: jaxseq.lstm(H),
+    "lstm_peephole": lambda: jaxseq.lstm(H, peephole=True),
+    "lstm_coupled": lambda: jaxseq.lstm(H, coupled=True),
+    "lstm_coupled_peephole_proj": lambda: jaxseq.lstm(H, coupled=True, peephole=True,
+                                                      proj_size=3),
+    "lstm_proj": lambda: jaxseq.lstm(H, proj_size=3),
+    "lstm_activations": lambda: jaxseq.lstm(H, gate_fn=jax.nn.hard_sigmoid,
+                                            cell_fn=jax.nn.soft_sign, hidden_fn=jnp.sin),
+    "gru": lambda: jaxseq.gru(H),
+    "gru_nobias": lambda: jaxseq.gru(H, use_bias=False),
+    "gru_reset_before": lambda: jaxseq.gru(H, reset_after=False),
+    "mgu": lambda: jaxseq.mgu(H),
+    "mgu_reset_after": lambda: jaxseq.mgu(H, reset_after=True, activation=jax.nn.gelu),
+}
+
+
+def _setup(name, dtype=jnp.float64):
+  cell = CELLS[name]()
+  params = cell.init(KEY, D)
+  # Non-zero biases and peepholes, so that parity cannot hide a dropped term.
+  params = {k: (v + 0.3 * jax.random.normal(jax.random.fold_in(KEY, i), v.shape)
+                if k.startswith(("b", "p_")) else v).astype(dtype)
+            for i, (k, v) in enumerate(sorted(params.items()))}
+  xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, D), dtype)
+  carry = jax.tree.map(lambda c: 0.5 * jax.random.normal(jax.random.PRNGKey(2), c.shape,
+                                                           dtype),
+                       cell.initialize_carry(params, (B, D)))
+  return cell, params, xs, carry
+
+
+def _unroll(cell, kernel, **options):
+  def run(params, xs, carry):
+    return jaxseq.unroll(cell, params, xs, carry, kernel=kernel, **options)
+  return run
+
+
+def _loss(run):
+  """A scalar that weighs every output step and the final carry differently."""
+  def loss(params, xs, carry):
+    ys, final = run(params, xs, carry)
+    weights = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+    return jnp.sum(jnp.sin(ys) * weights) + sum(jnp.sum(c ** 2)
+                                                 for c in jax.tree.leaves(final))
+  return loss
+
+
+def _assert_trees_close(got, want, atol):
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=0, atol=atol)
+
+
+def _uses_fused_path(fn, *args) -> bool:
+  """Whether tracing ``fn`` reaches the fused XLA path's ``custom_jvp``."""
+  return "name=_fused" in str(jax.make_jaxpr(fn)(*args))
+
+
+# ----------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_xla_equals_reference_values_and_gradients(x64, name):
+  """Outputs, final carry and the gradients for params, inputs and initial carry, with
+  per-example lengths (T, 0 and a middle one) forward and reversed."""
+  cell, params, xs, carry = _setup(name)
+  assert cell.kernel is not None and cell.kernel.name == "xla"
+  assert cell.kernel.recur is cell.recur
+  lengths = jnp.array([T, 0, 2])
+  cases = ({"lengths": lengths}, {"lengths": lengths, "reverse": True})
+
+  def values_and_grads(kernel):
+    def both(p, x, c):
+      out = []
+      for options in cases:
+        run = _unroll(cell, kernel, **options)
+        out.append((run(p, x, c), jax.grad(_loss(run), argnums=(0, 1, 2))(p, x, c)))
+      return out
+    return jax.jit(both)(params, xs, carry)
+  for (got, got_grads), (want, want_grads) in zip(values_and_grads("xla"),
+                                                  values_and_grads("reference")):
+    _assert_trees_close(got, want, 1e-13)
+    _assert_trees_close(got_grads, want_grads, 1e-12)
+
+
+def test_dispatch_reaches_the_fused_path_only_where_asked():
+  cell = jaxseq.mgu(H)
+  params = cell.init(KEY, D)
+  xs = jnp.ones((B, T, D))
+  for kernel, fused in (("auto", True), ("xla", True), ("reference", False)):
+    assert _uses_fused_path(lambda p, x: jaxseq.unroll(cell, p, x, kernel=kernel),
+                            params, xs) == fused
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_xla_check_grads_forward_and_reverse_mode(x64, name):
+  """Finite differences, forward and reverse mode (the custom_jvp keeps forward mode),
+  without lengths (the parity test above has them)."""
+  cell, params, xs, carry = _setup(name)
+  run = _unroll(cell, "xla")
+  check_grads(run, (params, xs, carry), order=1,
+              modes=["fwd", "rev"])
+
+
+def test_xla_float32_and_batch_axes_time_major_unroll():
+  """float32 to 1e-5, two batch axes, time-major inputs and an unroll factor."""
+  cell = jaxseq.lstm(H, peephole=True)
+  params = cell.init(KEY, D)
+  xs = jax.random.normal(KEY, (T, 2, 3, D))
+  lengths = jnp.array([[5, 1, 0], [3, 4, 2]])
+  options = dict(lengths=lengths, time_major=True, unroll=2)
+  got = jaxseq.unroll(cell, params, xs, kernel="xla", **options)
+  want = jaxseq.unroll(cell, params, xs, kernel="reference", **options)
+  _assert_trees_close(got, want, 1e-6)
+  grad = lambda k: jax.grad(lambda p, x: jnp.sum(jaxseq.unroll(cell, p, x, kernel=k,
+                                                               **options)[0] ** 2),
+                            argnums=(0, 1))(params, xs)
+  _assert_trees_close(grad("xla"), grad("reference"), 1e-5)
+
+
+def test_xla_under_vmap():
+  cell = jaxseq.gru(H)
+  params = cell.init(KEY, D)
+  xs = jax.random.normal(KEY, (2, B, T, D))
+  loss = lambda k: lambda p, x: jnp.sum(jaxseq.unroll(cell, p, x, kernel=k)[0] ** 2)
+  per_batch = lambda k: jax.vmap(jax.grad(loss(k)), in_axes=(None, 0))(params, xs)
+  _assert_trees_close(per_batch("xla"), per_batch("reference"), 1e-5)
+  ys = jax.vmap(lambda x: jaxseq.unroll(cell, params, x, kernel="xla")[0])(xs)
+  np.testing.assert_allclose(ys[1], jaxseq.unroll(cell, params, xs[1],
+                                                  kernel="reference")[0], atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_cell_state():
+  cell = jaxseq.lstm(H, dtype=jnp.bfloat16)
+  params = cell.init(KEY, D)
+  xs = jax.random.normal(KEY, (B, T, D))
+  ys, carry = jaxseq.unroll(cell, params, xs, kernel="xla")
+  assert ys.dtype == jnp.bfloat16 and carry.h.dtype == jnp.bfloat16
+  assert carry.c.dtype == jnp.float32
+  want_ys, want_carry = jaxseq.unroll(cell, params, xs, kernel="reference")
+  np.testing.assert_array_equal(ys.astype(jnp.float32), want_ys.astype(jnp.float32))
+  np.testing.assert_array_equal(carry.c, want_carry.c)
+  loss = lambda k: lambda p: jnp.sum(
+      jaxseq.unroll(cell, p, xs, kernel=k)[1].c.astype(jnp.float32) ** 2)
+  got, want = jax.grad(loss("xla"))(params), jax.grad(loss("reference"))(params)
+  for name in params:
+    assert got[name].dtype == jnp.float32
+    scale = float(jnp.abs(want[name]).max())
+    np.testing.assert_allclose(got[name], want[name], atol=0.05 * scale + 1e-6)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def test_available_and_unavailable_kernels():
+  assert jaxseq.kernels.available() == ("reference", "xla")
+  cell = jaxseq.lstm(H)
+  params = cell.init(KEY, D)
+  xs = jnp.ones((B, T, D))
+  for name in ("cudnn", "pallas"):
+    with pytest.raises(ValueError, match=f"kernel: .*'{name}' is not available in this "
+                                         "build"):
+      jaxseq.unroll(cell, params, xs, kernel=name)
+    with pytest.raises(ValueError, match="not available in this build"):
+      jaxseq.recurrent(cell, kernel=name)
+  with pytest.raises(ValueError, match="kernel: expected one of 'auto'.*got 'fast'"):
+    jaxseq.unroll(cell, params, xs, kernel="fast")
+  with pytest.raises(TypeError, match="kernel: expected one of"):
+    jaxseq.recurrent(cell, kernel=None)
+
+
+def test_layers_thread_the_kernel_option():
+  cell = jaxseq.lstm(H)
+  params = cell.init(KEY, D)
+  xs = jax.random.normal(KEY, (B, T, D))
+  for kernel, fused in (("auto", True), ("xla", True), ("reference", False)):
+    layer = jaxseq.recurrent(cell, kernel=kernel)
+    assert layer.spec.kernel == kernel and layer.spec.options["kernel"] == kernel
+    assert _uses_fused_path(lambda p, x: layer.apply(p, x), params, xs) == fused
+    backward = jaxseq.reversed_layer(layer)     # options, kernel included, carry over
+    assert backward.spec.kernel == kernel and backward.spec.reverse
+  bi = jaxseq.bidirectional(jaxseq.recurrent(cell, kernel="reference"))
+  bi_params = bi.init(KEY, D)
+  assert not _uses_fused_path(lambda p, x: bi.apply(p, x), bi_params, xs)
+  # remat has no fused version: it runs the scan.
+  assert not _uses_fused_path(lambda p, x: jaxseq.unroll(cell, p, x, kernel="xla",
+                                                         remat=True), params, xs)
+
+
+def test_hand_made_kernel_runs_under_auto_and_xla_not_reference():
+  """A user's own ``Kernel`` (written in JAX: name ``"xla"`` by default) replaces the fused
+  path under ``auto`` and ``xla``; ``reference`` runs the scan."""
+  cell = jaxseq.gru(H)
+  calls = []
+
+  def run(params, carry, gxs, lengths, reverse, unroll):
+    calls.append(1)
+    return cell.kernel.run(params, carry, gxs, lengths, reverse, unroll)
+  custom = cell._replace(kernel=jaxseq.Kernel(cell.recur, run))
+  params = cell.init(KEY, D)
+  for steps, kernel in ((T, "auto"), (T + 1, "xla")):   # new shapes: traced afresh
+    jaxseq.unroll(custom, params, jnp.ones((B, steps, D)), kernel=kernel)
+    assert calls
+    calls.clear()
+  jaxseq.unroll(custom, params, jnp.ones((B, T + 2, D)), kernel="reference")
+  assert not calls
+
+
+def test_wrapped_cells_keep_their_change_under_every_kernel():
+  """Recurrent dropout and gradflow's perturbations replace ``recur``: the fused path is
+  never taken for them, and ``"xla"`` gives exactly the reference's result."""
+  cell = jaxseq.lstm(H, peephole=True)
+  params = cell.init(KEY, D)
+  xs = jax.random.normal(KEY, (B, T, D))
+  key = jax.random.PRNGKey(3)
+  apply = lambda k: jaxseq.recurrent(cell, recurrent_dropout=0.5, kernel=k).apply
+  for kernel in ("auto", "xla"):
+    assert not _uses_fused_path(lambda p, x: apply(kernel)(p, x, key=key), params, xs)
+    for got, want in zip(jax.tree.leaves(apply(kernel)(params, xs, key=key)),
+                         jax.tree.leaves(apply("reference")(params, xs, key=key))):
+      np.testing.assert_array_equal(got, want)
+  dropped = apply("xla")(params, xs, key=key)[0]
+  assert float(jnp.abs(dropped - jaxseq.unroll(cell, params, xs)[0]).max()) > 1e-3
+
+  loss = lambda ys: jnp.sum(ys[:, -1] ** 2)
+  norms = {k: jaxseq.gradflow.grad_norms(jaxseq.recurrent(cell, kernel=k), params, xs, loss)
+           for k in ("xla", "reference")}
+  np.testing.assert_array_equal(norms["xla"], norms["reference"])
+  assert float(norms["xla"].min()) > 0
+
+
+def test_lstm_state_carry_and_reverse_lengths_edge_cases(x64):
+  """Empty and full sequences in one batch, reversed: the carry of an empty sequence is
+  the initial carry, its outputs are zeros."""
+  cell, params, xs, carry = _setup("lstm_peephole")
+  lengths = jnp.array([0, T, 1])
+  ys, final = jaxseq.unroll(cell, params, xs, carry, lengths=lengths, reverse=True,
+                            kernel="xla")
+  assert isinstance(final, LSTMState)
+  np.testing.assert_array_equal(ys[0], 0.0)
+  np.testing.assert_array_equal(ys[2, 1:], 0.0)
+  np.testing.assert_array_equal(final.c[0], carry.c[0])
