@@ -85,8 +85,8 @@ def bench_cells(make, Ts, B, D, H, repeats):
         calls[name], compile_s[name] = compiled(fns[index], params, xs)
       row[mode] = interleaved(calls, repeats), compile_s
     rows.append(row)
-    print(make.__name__, T, {m: {k: ms(v) for k, v in row[m][0].items()} for m in ("fwd", "fwd+bwd")},
-          flush=True)
+    print(make.__name__, T,
+          {m: {k: ms(v) for k, v in row[m][0].items()} for m in ("fwd", "fwd+bwd")}, flush=True)
   return rows
 
 
@@ -201,7 +201,8 @@ def main():
   if args.quick:
     B, D, H, Ts, repeats, target_t, log_t = 2, 4, 8, [16, 32], 2, 32, 32
   else:
-    B, D, H, Ts, repeats, target_t, log_t = 16, 128, 128, [256, 512, 1024, 2048, 4096], 9, 4096, 1024
+    B, D, H, repeats, target_t, log_t = 16, 128, 128, 9, 4096, 1024
+    Ts = [256, 512, 1024, 2048, 4096]
   load_before = os.getloadavg()
   started = time.time()
 

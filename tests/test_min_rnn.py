@@ -184,6 +184,9 @@ def test_unroll_runs_the_kernel():
   params = cell.init(jax.random.PRNGKey(0), D)
   with pytest.raises(AssertionError, match="kernel ran"):
     jaxseq.unroll(cell, params, jnp.ones((B, T, D)))
+  with pytest.raises(AssertionError, match="kernel ran"):   # a kernel written in JAX/XLA
+    jaxseq.unroll(cell, params, jnp.ones((B, T, D)), kernel="xla")
+  jaxseq.unroll(cell, params, jnp.ones((B, T, D)), kernel="reference")   # the scan
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))

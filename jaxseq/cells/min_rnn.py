@@ -259,6 +259,5 @@ def _min_cell(name: str, num_gates: int, coefficients, spec_type, hidden_size, a
 
   spec = spec_type(hidden_size=H, output_size=H, use_bias=use_bias, activation=activation,
                    scan=scan)
-  cell = split_cell(init, initialize_carry, project, recur, spec,
-                    dense_check(name, initialize_carry))
-  return cell._replace(kernel=Kernel(recur, run))
+  return split_cell(init, initialize_carry, project, recur, spec,
+                    dense_check(name, initialize_carry), Kernel(recur, run))
