@@ -104,6 +104,40 @@ def test_xla_equals_reference_values_and_gradients(x64, name):
     _assert_trees_close(got_grads, want_grads, 1e-12)
 
 
+CONV_CELLS = {
+    "conv_lstm": (lambda: jaxseq.conv_lstm(2, (3, 3)), (4, 4)),
+    "conv_lstm_circular_no_peephole": (
+        lambda: jaxseq.conv_lstm(2, (3, 2), peephole=False, padding="CIRCULAR"), (3, 4)),
+    "conv_gru": (lambda: jaxseq.conv_gru(2, (3,)), (5,)),
+    "conv_gru_reset_after": (lambda: jaxseq.conv_gru(2, (2, 2), reset_after=True), (3, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONV_CELLS))
+def test_conv_cells_xla_equals_reference(x64, name):
+  """Conv cells: the recurrent convolution's weight tangents hoisted over T·B frames."""
+  factory, frame = CONV_CELLS[name]
+  cell = factory()
+  assert cell.kernel.name == "xla" and cell.kernel.recur is cell.recur
+  params = cell.init(KEY, frame + (3,))
+  params = {k: (v + 0.3 * jax.random.normal(jax.random.fold_in(KEY, i), v.shape)
+                if k.startswith(("b", "p_")) else v).astype(jnp.float64)
+            for i, (k, v) in enumerate(sorted(params.items()))}
+  xs = jax.random.normal(jax.random.PRNGKey(1), (2, 3) + frame + (3,), jnp.float64)
+  carry = jax.tree.map(lambda c: 0.5 * jax.random.normal(KEY, c.shape, jnp.float64),
+                       cell.initialize_carry(params, (2,) + frame + (3,)))
+
+  def values_and_grads(kernel):
+    run = _unroll(cell, kernel, lengths=jnp.array([1, 3]), reverse=True)
+    both = lambda p, x, c: (run(p, x, c), jax.grad(_loss(run), argnums=(0, 1, 2))(p, x, c))
+    return jax.jit(both)(params, xs, carry)
+  (got, got_grads), (want, want_grads) = values_and_grads("xla"), values_and_grads(
+      "reference")
+  _assert_trees_close(got, want, 1e-13)
+  _assert_trees_close(got_grads, want_grads, 1e-12)
+  check_grads(_unroll(cell, "xla"), (params, xs, carry), order=1, modes=["fwd", "rev"])
+
+
 def test_dispatch_reaches_the_fused_path_only_where_asked():
   cell = jaxseq.mgu(H)
   params = cell.init(KEY, D)

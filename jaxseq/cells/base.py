@@ -140,15 +140,19 @@ def split_cell(init: InitFn, initialize_carry: InitializeCarryFn, project: Proje
 def fused_cell(init: InitFn, initialize_carry: InitializeCarryFn, project: ProjectFn,
                equations: xla.Equations, spec: Any,
                check: Callable[[Params, Carry, jax.Array], None] | None = None,
-               input_sums: tuple = ()) -> Cell:
-  """A dense ``Cell`` whose recurrent half is written once, as
-  ``equations(params, carry, gx_t, recurrent)`` with every recurrent matmul through
-  ``recurrent(a, w)``: ``recur`` is ``equations`` with ``jnp.matmul``, and the cell's
-  ``Kernel`` (``"xla"``, bound to that ``recur``) is the fused path of the same equations
-  (``jaxseq.kernels.xla.fused_run``; ``input_sums`` as there)."""
-  recur = xla.recurrence(equations)
-  kernel = Kernel(recur, xla.fused_run(equations, input_sums=input_sums), "xla")
-  return split_cell(init, initialize_carry, project, recur, spec, check, kernel)
+               input_sums: tuple = (), linear: xla.Linear = jnp.matmul,
+               fused_linear: xla.Linear | None = None) -> Cell:
+  """A ``Cell`` whose recurrent half is written once, as
+  ``equations(params, carry, gx_t, recurrent)`` with every recurrent linear map through
+  ``recurrent(a, w)``: ``recur`` is ``equations`` with ``linear`` (a matmul for dense
+  cells, a convolution for conv cells), and the cell's ``Kernel`` (``"xla"``, bound to that
+  ``recur``) is the fused path of the same equations (``jaxseq.kernels.xla.fused_run``
+  with ``fused_linear``, default ``linear``, which must give the same values and be
+  linear for JAX, i.e. transposable; ``input_sums`` as there)."""
+  recur = xla.recurrence(equations, linear)
+  run = xla.fused_run(equations, fused_linear or linear, input_sums=input_sums)
+  return split_cell(init, initialize_carry, project, recur, spec, check,
+                    Kernel(recur, run, "xla"))
 
 
 class LSTMState(NamedTuple):

@@ -28,7 +28,7 @@ from jaxseq import _checks
 from jaxseq import initializers
 from jaxseq import specs
 from jaxseq.cells.base import (Cell, Initializer, LSTMState, cast, check_callable,
-                               check_carry, check_number, common_options, split_cell,
+                               check_carry, check_number, common_options, fused_cell,
                                step_shape)
 from jaxseq.cells.gru import gru_update
 from jaxseq.cells.lstm import PEEPHOLES, lstm_update
@@ -44,7 +44,8 @@ def fan_in_uniform() -> Initializer:
   return jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def conv(x: jax.Array, kernel: jax.Array, padding: str = "SAME") -> jax.Array:
+def conv(x: jax.Array, kernel: jax.Array, padding: str = "SAME", *,
+         patch_kernel_grad: bool | None = None) -> jax.Array:
   """Stride-1 cross-correlation that keeps the spatial size.
 
   Args:
@@ -52,6 +53,9 @@ def conv(x: jax.Array, kernel: jax.Array, padding: str = "SAME") -> jax.Array:
     kernel: ``(*kernel_size, in, out)``.
     padding: ``"SAME"`` (zeros) or ``"CIRCULAR"`` (periodic boundaries); both pad
       ``((k - 1) // 2, k // 2)`` on each spatial axis, as ``lax`` and Flax do.
+    patch_kernel_grad: the kernel gradient as a matmul of patches (``None``:
+      ``PATCH_KERNEL_GRAD``'s choice); ``False`` keeps lax's own convolution, whose
+      derivative is transposable (the fused path's linear tangents need that).
 
   Returns:
     ``(*batch, *spatial, out)``.
@@ -63,7 +67,7 @@ def conv(x: jax.Array, kernel: jax.Array, padding: str = "SAME") -> jax.Array:
   x = x.reshape((math.prod(batch_shape),) + x.shape[x.ndim - nd - 1:])
   pads = [(0, 0)] + [((k - 1) // 2, k // 2) for k in kernel.shape[:nd]] + [(0, 0)]
   x = jnp.pad(x, pads, mode="wrap" if padding == "CIRCULAR" else "constant")
-  use_patches = PATCH_KERNEL_GRAD
+  use_patches = PATCH_KERNEL_GRAD if patch_kernel_grad is None else patch_kernel_grad
   if use_patches is None:
     use_patches = jax.default_backend() == "cpu"
   y = _valid_conv_patch_grad(x, kernel) if use_patches else _valid_conv(x, kernel)
@@ -289,13 +293,13 @@ def conv_lstm(features: int, kernel_size: Sequence[int], *,
     h_dtype = dtype or params["w_hh"].dtype
     return LSTMState(h=jnp.zeros(shape, h_dtype), c=jnp.zeros(shape, state_dtype or h_dtype))
 
-  def recur(params: dict, carry: LSTMState, gx: jax.Array):
+  def equations(params: dict, carry: LSTMState, gx: jax.Array, recurrent):
     h, c = carry
     h, w_hh = cast(dtype, h, params["w_hh"])
     peepholes = None
     if peephole:
       peepholes = dict(zip(PEEPHOLES, cast(dtype, *(params[n] for n in PEEPHOLES))))
-    h, c = lstm_update(gx, LSTMState(h, c), w_hh, lambda v, w: conv(v, w, padding),
+    h, c = lstm_update(gx, LSTMState(h, c), w_hh, recurrent,
                        gates="ifgo", peepholes=peepholes, gate_fn=gate_fn, cell_fn=cell_fn,
                        hidden_fn=hidden_fn, forget_offset=forget_offset)
     (h,) = cast(dtype, h)
@@ -309,7 +313,16 @@ def conv_lstm(features: int, kernel_size: Sequence[int], *,
                             gate_fn=gate_fn, cell_fn=cell_fn, hidden_fn=hidden_fn,
                             use_bias=use_bias, forget_offset=forget_offset,
                             feature_ndim=nd + 1)
-  return split_cell(init, initialize_carry, _conv_project(dtype, padding), recur, spec, check)
+  return fused_cell(init, initialize_carry, _conv_project(dtype, padding), equations, spec,
+                    check, input_sums=[(0, 0, 4 * F, 0)], **_recurrent_convs(padding))
+
+
+def _recurrent_convs(padding: str) -> dict:
+  """``fused_cell``'s linear maps for conv cells: ``conv`` in the cell's own ``recur``; lax's
+  plain convolution in the fused path (same values; its weight tangents are hoisted out
+  of the loop, where XLA:CPU's kernel-gradient convolution is fast)."""
+  return {"linear": lambda v, w: conv(v, w, padding),
+          "fused_linear": lambda v, w: conv(v, w, padding, patch_kernel_grad=False)}
 
 
 def conv_gru(features: int, kernel_size: Sequence[int], *,
@@ -380,10 +393,10 @@ def conv_gru(features: int, kernel_size: Sequence[int], *,
     shape = _frame_carry_shape("conv_gru", nd, F, input_shape)
     return jnp.zeros(shape, dtype or params["w_hh"].dtype)
 
-  def recur(params: dict, h: jax.Array, gx: jax.Array):
+  def equations(params: dict, h: jax.Array, gx: jax.Array, recurrent):
     h, w_hh, b_hn = cast(dtype, h, params["w_hh"], params.get("b_hn"))
-    h = gru_update(gx, h, w_hh, b_hn, lambda v, w: conv(v, w, padding),
-                   reset_after=reset_after, gate_fn=gate_fn, activation=activation)
+    h = gru_update(gx, h, w_hh, b_hn, recurrent, reset_after=reset_after, gate_fn=gate_fn,
+                   activation=activation)
     return h, h
 
   def check(params, carry, x_t):
@@ -393,4 +406,6 @@ def conv_gru(features: int, kernel_size: Sequence[int], *,
                            kernel_size=kernel_size, reset_after=reset_after, padding=padding,
                            gate_fn=gate_fn, activation=activation, use_bias=use_bias,
                            feature_ndim=nd + 1)
-  return split_cell(init, initialize_carry, _conv_project(dtype, padding), recur, spec, check)
+  sums = [(0, 0, 2 * F, 0)] if reset_after else [(0, 0, 2 * F, 0), (1, 0, F, 2 * F)]
+  return fused_cell(init, initialize_carry, _conv_project(dtype, padding), equations, spec,
+                    check, input_sums=sums, **_recurrent_convs(padding))

@@ -67,7 +67,8 @@ def fused_run(equations: Equations, linear: Linear = jnp.matmul,
   ``gxs``; steps at or past ``lengths`` keep the carry and output zeros.
 
   ``linear(a, w)`` must accept any leading axes on ``a`` (time is added to the batch axes
-  when the weight tangents are hoisted)."""
+  when the weight tangents are hoisted), and its output columns must be those of ``w``
+  (``linear(a, w)[..., i:j] == linear(a, w[..., i:j])``: a matmul, a convolution)."""
   config = _Config(equations, linear, tuple(InputSum(*s) for s in input_sums), recompute)
 
   def run(params, carry, gxs, lengths, reverse, unroll):
@@ -76,7 +77,14 @@ def fused_run(equations: Equations, linear: Linear = jnp.matmul,
       num_steps = jax.tree.leaves(gxs)[0].shape[0]
       valid = jnp.arange(num_steps).reshape((-1,) + (1,) * lengths.ndim) < lengths
     return _fused(config, reverse, unroll, params, carry, gxs, valid)
+  run.options = config._asdict()
   return run
+
+
+def variant(run: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+  """The ``fused_run`` of the same equations with some options changed, e.g.
+  ``variant(cell.kernel.run, recompute=False)`` (benchmarks)."""
+  return fused_run(**{**run.options, **options})
 
 
 class _Config(NamedTuple):
@@ -173,16 +181,30 @@ def _stored_linear_jvp(linear, primals, tangents):
 
 
 def _forward(config, params, carry, gxs, valid, reverse, unroll, record):
-  def body(carry, inputs):
-    gx_t, valid_t = inputs
+  """The recurrence over all steps. The next step's ``gx`` is sliced one step ahead into
+  the loop's carry: XLA:CPU fuses a step's slice of the stacked ``gxs`` into every
+  elementwise consumer, and those fusions (a dynamic slice, then one gate's columns) ran
+  2x slower than the same math on a plain ``(B, G*H)`` buffer (LSTM B16 H128)."""
+  num_steps = jax.tree.leaves(gxs)[0].shape[0]
+  at = lambda t: jax.tree.map(
+      lambda g: lax.dynamic_index_in_dim(g, jnp.clip(t, 0, num_steps - 1), keepdims=False),
+      gxs)
+
+  def body(state, inputs):
+    carry, gx_t = state
+    t, valid_t = inputs
+    gx_next = at(t - 1 if reverse else t + 1)
     linear = _Recorder(config.linear) if record else config.linear
     new_carry, y = config.equations(params, carry, gx_t, linear)
     new_carry = _mask(valid_t, new_carry, carry)
     y = _mask(valid_t, y, _zeros_like(y))
     if not record:
-      return new_carry, y
-    return new_carry, (y, carry, linear.operands, linear.products)
-  return lax.scan(body, carry, (gxs, valid), reverse=reverse, unroll=unroll)
+      return (new_carry, gx_next), y
+    return (new_carry, gx_next), (y, carry, linear.operands, linear.products)
+  first = at(num_steps - 1 if reverse else 0)
+  (carry, _), out = lax.scan(body, (carry, first), (jnp.arange(num_steps), valid),
+                             reverse=reverse, unroll=unroll)
+  return carry, out
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
@@ -213,26 +235,28 @@ def _fused_jvp(config, reverse, unroll, primals, tangents):
   final, (ys, carries, operands, products) = _forward(
       config, params, carry, gxs, valid, reverse, unroll, record=True)
 
-  # The weight tangents of every step at once: one product over T·B rows per weight.
+  # The weight tangents of every step at once: one product over T·B rows per weight (per
+  # block of output columns when some are folded into gx, so that each block's weight
+  # gradient reads its cotangent where it lies, without assembling one first).
   def weights(p):
     recorder = _WeightRecorder(linear)
     equations(p, carry, jax.tree.map(lambda g: g[0], gxs), recorder)
     return recorder.weights
   _, d_weights = jax.jvp(weights, (params,), (d_params,))
-  hoisted = [linear(a, dw).astype(p.dtype)
-             for a, dw, p in zip(operands, d_weights, products)]
-
+  hoisted = lambda a, dw, p: linear(a, dw).astype(p.dtype)
   injected, columns = [], []
-  for k, h in enumerate(hoisted):
+  d_gxs = jnp.asarray(d_gxs)
+  for k, (a, dw, p) in enumerate(zip(operands, d_weights, products)):
     sums = [s for s in config.input_sums if s.product == k]
     for s in sums:
-      d_gxs = d_gxs + _placed(h[..., s.start:s.stop], s.at, d_gxs.shape[-1])
-    rest = _unfolded(h.shape[-1], sums)
+      d_gxs = d_gxs + _placed(hoisted(a, dw[..., s.start:s.stop], p), s.at,
+                              d_gxs.shape[-1])
+    rest = _unfolded(p.shape[-1], sums)
     columns.append(rest)
     if rest is None:
-      injected.append(h)
+      injected.append(hoisted(a, dw, p))
     elif rest:
-      injected.append(jnp.concatenate([h[..., a:b] for a, b in rest], axis=-1))
+      injected.append(hoisted(a, jnp.concatenate([dw[..., i:j] for i, j in rest], -1), p))
     else:
       injected.append(None)
 

@@ -1,0 +1,227 @@
+"""Kernel paths against the peers: jaxseq's fused XLA path and reference scan vs Flax linen
+``nn.RNN`` and PyTorch ``nn.LSTM``/``nn.GRU`` (CPU), forward and forward+backward.
+
+One worker process per configuration (cell, B, T, D, H); inside it every implementation is
+compiled first (compile time recorded apart), then the repeats are interleaved
+(implementation after implementation, round after round) and the median is kept. Ratios are
+taken inside one process, so a slow moment hits every implementation alike; absolute times
+on a shared machine are not comparable between runs.
+
+Implementations (float32, loss = sum(ys ** 2), gradients for the parameters only):
+
+* ``xla``: ``jaxseq.unroll(..., kernel="xla")``, the fused path (recomputes the gate
+  activations in the backward scan, the default);
+* ``xla-store``: the same with ``recompute=False`` (activations stored by the forward pass);
+* ``reference``: ``kernel="reference"``, ``lax.scan`` differentiated by JAX;
+* ``flax``: ``nn.RNN(nn.OptimizedLSTMCell(H))`` / ``nn.RNN(nn.GRUCell(H))``;
+* ``torch``: ``torch.nn.LSTM`` / ``torch.nn.GRU`` (``batch_first=True``).
+
+    python benchmarks/bench_kernels.py            # reference size and B16 T100 D32 H128
+    python benchmarks/bench_kernels.py --quick    # tiny smoke size, few repeats
+
+Writes benchmarks/results/kernels.md (``--quick``: kernels-quick.md) and the raw numbers
+beside it as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+IMPLEMENTATIONS = ("xla", "xla-store", "reference", "flax", "torch")
+CONFIGS = [("lstm", 32, 256, 128, 256), ("gru", 32, 256, 128, 256),
+           ("lstm", 16, 100, 32, 128), ("gru", 16, 100, 32, 128)]
+QUICK_CONFIGS = [("lstm", 4, 12, 8, 16), ("gru", 4, 12, 8, 16)]
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _jaxseq(cell_name, kernel, B, T, D, H):
+  import jax
+  import jax.numpy as jnp
+  import jaxseq
+  from jaxseq.kernels import xla
+
+  cell = getattr(jaxseq, cell_name)(H)
+  if kernel == "xla-store":
+    cell = cell._replace(kernel=jaxseq.Kernel(
+        cell.recur, xla.variant(cell.kernel.run, recompute=False)))
+    kernel = "xla"
+  params = cell.init(jax.random.PRNGKey(0), D)
+  xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, D))
+  forward = jax.jit(lambda p, x: jaxseq.unroll(cell, p, x, kernel=kernel)[0])
+  grad = jax.jit(jax.grad(lambda p, x: jnp.sum(forward(p, x) ** 2)))
+  return (lambda: jax.block_until_ready(forward(params, xs)),
+          lambda: jax.block_until_ready(grad(params, xs)))
+
+
+def _flax(cell_name, B, T, D, H):
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  cell = nn.OptimizedLSTMCell(H) if cell_name == "lstm" else nn.GRUCell(H)
+  model = nn.RNN(cell)
+  xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, D))
+  params = model.init(jax.random.PRNGKey(0), xs)
+  forward = jax.jit(model.apply)
+  grad = jax.jit(jax.grad(lambda p, x: jnp.sum(model.apply(p, x) ** 2)))
+  return (lambda: jax.block_until_ready(forward(params, xs)),
+          lambda: jax.block_until_ready(grad(params, xs)))
+
+
+def _torch(cell_name, B, T, D, H):
+  import torch
+
+  module = (torch.nn.LSTM if cell_name == "lstm" else torch.nn.GRU)(D, H, batch_first=True)
+  xs = torch.randn(B, T, D)
+
+  def forward():
+    with torch.no_grad():
+      module(xs)
+
+  def grad():
+    module.zero_grad()
+    (module(xs)[0] ** 2).sum().backward()
+  return forward, grad
+
+
+def worker(cell_name, B, T, D, H, repeats):
+  """Times every implementation on one configuration; prints one JSON line."""
+  import flax.linen  # noqa: F401  (imports outside the compile times)
+  import jax
+  import jaxseq  # noqa: F401
+  import torch  # noqa: F401
+  jax.block_until_ready(jax.jit(lambda x: x + 1)(1.0))
+  fns, compile_s = {}, {}
+  for name in IMPLEMENTATIONS:
+    start = time.perf_counter()
+    if name == "flax":
+      forward, grad = _flax(cell_name, B, T, D, H)
+    elif name == "torch":
+      forward, grad = _torch(cell_name, B, T, D, H)
+    else:
+      forward, grad = _jaxseq(cell_name, name, B, T, D, H)
+    forward()
+    grad()       # first calls: compilation (warm-up for PyTorch)
+    compile_s[name] = time.perf_counter() - start
+    fns[name] = {"forward": forward, "forward+backward": grad}
+  times = {name: {mode: [] for mode in fns[name]} for name in fns}
+  names = list(fns)
+  for round_ in range(repeats):
+    # Rotate the order every round: whoever runs right after another library's thread
+    # pool has just been busy is not always the same implementation.
+    order = names[round_ % len(names):] + names[:round_ % len(names)]
+    for mode in ("forward", "forward+backward"):
+      for name in order:
+        start = time.perf_counter()
+        fns[name][mode]()
+        times[name][mode].append(time.perf_counter() - start)
+  print(json.dumps({"cell": cell_name, "B": B, "T": T, "D": D, "H": H, "repeats": repeats,
+                    "compile_s": compile_s,
+                    "median_s": {n: {m: statistics.median(v) for m, v in t.items()}
+                                 for n, t in times.items()},
+                    "min_s": {n: {m: min(v) for m, v in t.items()}
+                              for n, t in times.items()}}))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _ms(seconds):
+  return f"{seconds * 1e3:.1f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.0f} µs"
+
+
+def _load():
+  try:
+    return float(os.getloadavg()[0])
+  except OSError:
+    return float("nan")
+
+
+def report(runs, quick, load_before, load_after, wall_s):
+  import jax
+  import torch
+  import flax
+  lines = [
+      "# Kernel paths against the peers" + (" (quick smoke run)" if quick else ""), "",
+      f"Machine: {platform.machine()}, {os.cpu_count()} CPUs visible, {jax.default_backend()} "
+      f"backend; jax {jax.__version__}, flax {flax.__version__}, torch {torch.__version__} "
+      f"({torch.get_num_threads()} threads). One worker process per row, repeats "
+      "interleaved, medians; compile time apart. Regenerate with "
+      "`python benchmarks/bench_kernels.py`.", "",
+      f"**Load average** before/after the run: {load_before:.1f} / {load_after:.1f} on "
+      f"{os.cpu_count()} CPUs ({wall_s / 60:.1f} min). "
+      + ("The machine was shared and heavily loaded while this ran: absolute times are "
+         "inflated and noisy, only ratios taken in one process mean anything, and those "
+         "carry roughly ±15% noise." if load_before > (os.cpu_count() or 1) else
+         "The machine was quiet enough for the ratios to be read at face value (±5%)."),
+      "", "Ratio = jaxseq xla time / other time (below 1: the fused path is faster).", ""]
+  for mode in ("forward+backward", "forward"):
+    lines += [f"## {mode}", "",
+              "| cell | B, T, D, H | xla | xla / xla-store | xla / reference | xla / Flax "
+              "linen | xla / PyTorch |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+      med = run["median_s"]
+      xla_s = med["xla"][mode]
+      ratio = lambda other: f"{xla_s / med[other][mode]:.2f}x ({_ms(med[other][mode])})"
+      lines.append(f"| {run['cell']} | {run['B']}, {run['T']}, {run['D']}, {run['H']} | "
+                   f"{_ms(xla_s)} | {ratio('xla-store')} | {ratio('reference')} | "
+                   f"{ratio('flax')} | {ratio('torch')} |")
+    lines.append("")
+  lines += ["## Compile time (first forward + first forward+backward call)", "",
+            "| cell | B, T, D, H | " + " | ".join(IMPLEMENTATIONS) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in IMPLEMENTATIONS) + " |"]
+  for run in runs:
+    lines.append(f"| {run['cell']} | {run['B']}, {run['T']}, {run['D']}, {run['H']} | "
+                 + " | ".join(f"{run['compile_s'][n]:.2f} s" for n in IMPLEMENTATIONS) + " |")
+  lines += ["", "PyTorch's \"compile time\" is its first call. PyTorch's CPU `nn.LSTM` runs "
+            "oneDNN's fused kernel; its `nn.GRU` the native path (input projection for all "
+            "steps, one `addmm` per step).", ""]
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats")
+  parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument("--worker", nargs=5, metavar=("CELL", "B", "T", "D", "H"),
+                      help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  repeats = args.repeats or (3 if args.quick else 15)
+  if args.worker:
+    cell_name, *sizes = args.worker
+    worker(cell_name, *map(int, sizes), repeats)
+    return
+  configs = QUICK_CONFIGS if args.quick else CONFIGS
+  load_before, start, runs = _load(), time.perf_counter(), []
+  for cell_name, B, T, D, H in configs:
+    reps = repeats if args.repeats or args.quick or T * B < 4096 else max(5, repeats // 2)
+    # PyTorch's OpenMP threads busy-wait after each call by default, stealing the CPUs
+    # from the JAX call that follows in the same process: make them sleep instead.
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    out = subprocess.run([sys.executable, __file__, "--worker", cell_name, str(B), str(T),
+                          str(D), str(H), "--repeats", str(reps)],
+                         check=True, capture_output=True, text=True, env=env).stdout
+    runs.append(json.loads(out.strip().splitlines()[-1]))
+    print(f"{cell_name} B{B} T{T} D{D} H{H}: " + ", ".join(
+        f"{n} {_ms(runs[-1]['median_s'][n]['forward+backward'])}" for n in IMPLEMENTATIONS),
+          flush=True)
+  text = report(runs, args.quick, load_before, _load(), time.perf_counter() - start)
+  stem = "kernels-quick" if args.quick else "kernels"
+  RESULTS.mkdir(exist_ok=True)
+  (RESULTS / f"{stem}.md").write_text(text)
+  (RESULTS / f"{stem}.json").write_text(json.dumps(runs, indent=1))
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
