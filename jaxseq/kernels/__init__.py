@@ -3,8 +3,8 @@ kernel=...)`` in Python before tracing.
 
 * ``"reference"``: ``lax.scan`` of the cell's ``recur``, differentiated by JAX.
 * ``"xla"``: the fused XLA path (``jaxseq.kernels.xla``): the same recurrence with a
-  linear-tangent ``custom_jvp`` whose weight gradients are single matmuls over ``T·B``
-  rows; every dense built-in cell has it, on every backend.
+  linear-tangent ``custom_jvp`` whose weight gradients are single matmuls (convolutions)
+  over ``T·B`` rows; every dense and conv built-in cell has it, on every backend.
 * ``"auto"``: the cell's own kernel where it has one (today the fused XLA path on every
   backend), else the reference scan.
 * ``"cudnn"``, ``"pallas"``: named by the design, not in this build (``ValueError``).

@@ -1,25 +1,26 @@
 r"""The fused XLA path: a whole-sequence recurrence with a linear-tangent custom derivative.
 
 A cell's recurrent half is written once, as ``equations(params, carry, gx_t, recurrent)``
-whose recurrent linear maps all go through ``recurrent(a, w)`` (a matmul for dense cells;
-``a`` depends on the carry, ``w`` on the params only). The cell's ``recur`` is ``equations``
-with the plain linear map (``recurrence``); ``fused_run`` builds, from the same
-``equations``, a whole-sequence run whose derivative is a ``jax.custom_jvp`` with a
-*linear* tangent rule:
+whose recurrent linear maps all go through ``recurrent(a, w)`` (a matmul for dense cells, a
+convolution for conv cells; ``a`` depends on the carry, ``w`` on the params only). The
+cell's ``recur`` is ``equations`` with the plain linear map (``recurrence``); ``fused_run``
+builds, from the same ``equations``, a whole-sequence run whose derivative is a
+``jax.custom_jvp`` with a *linear* tangent rule:
 
 1. the forward scan (the plain recurrence) also keeps, per step, each linear map's left
    operand ``a_t`` and its product ``a_t w``;
-2. the weight tangents ``a_t \, dw`` of all steps are one matmul over ``T·B`` rows each,
-   outside the loop;
+2. the weight tangents ``a_t \, dw`` of all steps are one matmul (convolution) over ``T·B``
+   rows (frames) each, outside the loop;
 3. a linear scan carries only the carry's tangent: ``jax.jvp`` of ``equations`` at the stored
    values, where each linear map returns its stored product (no matmul is recomputed) with
    the tangent ``da \, w`` plus the hoisted ``a \, dw``.
 
-Forward mode is that rule itself (``check_grads(modes=["fwd", "rev"])`` holds). Reverse mode
-is JAX's transpose of it, which is the backward of cuDNN, oneDNN or haste: a reverse scan over
-``(B, H)`` cotangents whose only matmul is ``\delta_t W^\top``, then ``dW = A^\top \Delta``
-as one matmul over ``T·B`` rows (and ``dW_{ih} = X^\top \Delta``, ``dX = \Delta W_{ih}^\top``
-in the transpose of the cell's input half, outside the kernel).
+Forward mode is that rule itself (``check_grads(modes=["fwd", "rev"])`` holds, second order
+too); values are the plain recurrence's, bit for bit. Reverse mode is JAX's transpose of the
+rule, which is the backward of cuDNN, oneDNN or haste: a reverse scan over ``(B, H)``
+cotangents whose only matmul is ``\delta_t W^\top``, then ``dW = A^\top \Delta`` as one
+matmul over ``T·B`` rows (and ``dW_{ih} = X^\top \Delta``, ``dX = \Delta W_{ih}^\top`` in the
+transpose of the cell's input half, outside the kernel).
 
 ``input_sums`` removes a duplicate: when a product is added to the input half's ``gx`` right
 away (``z = gx + h W_{hh}``), its hoisted tangent is added to ``gx``'s tangent instead, so the
