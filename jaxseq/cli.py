@@ -1,6 +1,7 @@
 """The ``jaxseq`` command line: gradient flow, training on long-range tasks, Lyapunov spectra.
 
     jaxseq gradflow                         # |dL/dh_t| against lag, at init, to ./jaxseq-out
+    jaxseq gradflow --cells lstm,gru --length 2000     # log-norms: 1e-900 prints and plots
     jaxseq gradflow --cells lstm,gru --length 500 --init orthogonal --train-steps 200
     jaxseq train adding --cell lstm         # the task's validated defaults: solves T <= 200
     jaxseq lyapunov --cell gru --hidden 64 --k 10
@@ -189,10 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
   commands.required = True
 
   p = commands.add_parser(
-      "gradflow", help="gradient norm against lag, at init and after training",
+      "gradflow", help="gradient norm against lag, at init and during training",
       description="For each cell, the norm of dL/dcarry_t of a loss at the final step T-1, "
-      "against the lag k = T-1-t, at initialisation and (with --train-steps) after training "
-      "on the task. Prints a table and writes gradflow.csv and gradflow.png to --out.")
+      "against the lag k = T-1-t, at initialisation and (with --train-steps) during training "
+      "on the task, computed as log-norms (no underflow at any lag). Prints a table and "
+      "writes gradflow.csv (log_norm and norm per cell, phase, step and lag) and "
+      "gradflow.png to --out; with --train-steps also gradflow-training.png (one panel "
+      "per cell, one curve per training step).")
   p.add_argument("--cells", default="simple_rnn,lstm,gru", metavar="LIST",
                  help=f"comma-separated cells from {', '.join(registry.CELLS)} "
                  "(default simple_rnn,lstm,gru)")
@@ -206,7 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
                  help=f"task giving inputs and loss, one of {', '.join(TASK_NAMES)} "
                  "(default adding)")
   p.add_argument("--train-steps", type=_nonnegative_int, default=0, metavar="N",
-                 help="also measure after N training steps on the task (default 0: init only)")
+                 help="also measure during N training steps on the task, at --snapshots "
+                 "evenly spaced steps up to N (default 0: init only)")
+  p.add_argument("--snapshots", type=_positive_int, default=4, metavar="K",
+                 help="with --train-steps N: measure after N/K, 2N/K, ..., N steps, each "
+                 "its own deterministic run from the seed, so training takes (K+1)/2 x N "
+                 "steps (default 4; 1: after N steps only)")
   p.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate (default 1e-3)")
   p.add_argument("--out", default="jaxseq-out", metavar="DIR",
                  help="output folder (default ./jaxseq-out)")
@@ -291,23 +300,32 @@ def _gradflow(args) -> int:
   for name in names:
     cells[name], description = _measured_cell(args, name, T)
     descriptions.append(description)
+  train_steps = (experiments.snapshot_steps(args.train_steps, args.snapshots)
+                 if args.train_steps else 0)
   profiles = experiments.lag_profiles(
       task, cells, length=args.length, batch_size=args.batch_size, seed=args.seed,
-      train_steps=args.train_steps, learning_rate=args.lr,
+      train_steps=train_steps, learning_rate=args.lr,
       log=lambda line: print(line, flush=True))
 
   print(f"|dL/dcarry_t| of the {task.name} loss at the last step, relative to t = T-1, "
-        f"against lag k = T-1-t  (T = {T}, batch {args.batch_size}; "
+        f"against lag k = T-1-t, from log-norms  (T = {T}, batch {args.batch_size}; "
         f"{'; '.join(descriptions)})")
   print()
   print(experiments.format_profiles(profiles))
 
   out.mkdir(parents=True, exist_ok=True)
   csv_path, png_path = out / "gradflow.csv", out / "gradflow.png"
+  title = f"{task.name}, T = {T}, H = {args.hidden}, init {args.init or 'default'}"
   experiments.write_csv(csv_path, profiles)
-  plots.plot_lag_profiles(png_path, profiles, f"{task.name}, T = {T}, H = {args.hidden}, "
-                          f"init {args.init or 'default'}")
-  print(f"\nwrote {csv_path}\nwrote {png_path}")
+  plots.plot_lag_profiles(png_path, profiles, title, log=True)
+  written = [csv_path, png_path]
+  if train_steps:
+    training_path = out / "gradflow-training.png"
+    plots.plot_training_profiles(training_path, profiles,
+                                 f"{title}, during training (lr {args.lr:g})", log=True)
+    written.append(training_path)
+  print()
+  print("\n".join(f"wrote {path}" for path in written))
   return 0
 
 

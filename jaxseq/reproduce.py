@@ -12,9 +12,10 @@ settings ``jaxseq train TASK --cell CELL`` uses: each trains through ``train.cel
 ``train.train`` with nothing but the task, the cell and the length, as the command does.
 
 Writes a markdown report: ``--out``, else ``jaxseq-out/reproduce.md`` (``reproduce-quick.md``
-with ``--quick``) under the current folder. The full run is sized for about 30 minutes on
-2 CPU cores; ``--quick`` checks the whole pipeline in a few minutes with toy step counts
-(its verdicts mean little).
+with ``--quick``) under the current folder. The full run is sized for about 45 minutes on
+2 CPU cores (the training runs' budget is 35; the edge-of-chaos table takes about 5 and
+the gradient flow during training about 5); ``--quick`` checks the whole pipeline in a few
+minutes with toy step counts (its verdicts mean little).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxseq import _checks, experiments, registry, tasks
 from jaxseq import train as train_lib
@@ -277,7 +279,7 @@ GRADFLOW_SETUPS = (
 )
 
 
-def gradient_lags(scale: dict, seed: int) -> tuple[list[Row], str]:
+def gradient_lags(scale: dict, budget: Budget, seed: int) -> tuple[list[Row], str]:
   T, H = scale["gradflow_length"], 128
   task = tasks.TASKS["adding"]
   key_data, key_init = jax.random.split(jax.random.PRNGKey(seed))
@@ -291,46 +293,226 @@ def gradient_lags(scale: dict, seed: int) -> tuple[list[Row], str]:
                               forget_bias=options.get("forget_bias"),
                               chrono_t_max=float(T) if options.get("chrono") else None)
     params = train_lib.make_model(task, cell).init(key_init)
-    norms = experiments.gradient_norms(task, cell, params["rnn"], params["readout"], xs, ys)
-    by_lag = norms[::-1]
-    rel = experiments.relative(by_lag)
+    logs = experiments.gradient_log_norms(task, cell, params["rnn"], params["readout"], xs,
+                                          ys)
+    by_lag = logs[::-1]
+    rel = experiments.relative_log(by_lag)
     rate = experiments.decay_rate(by_lag)
     summary[label] = rel[T - 1]
-    lines.append(f"| {label} | " + " | ".join(f"{rel[k]:.2e}" for k in lags)
+    lines.append(f"| {label} | " + " | ".join(_sci(rel[k]) for k in lags)
                  + f" | x{rate:.3f} |")
   table = "\n".join(lines)
+  section = ("## Gradient norm against lag at initialisation\n\n"
+             "The norm of dL/dcarry_t, L the adding loss at the last step, relative to its "
+             "value at t = T-1, against lag k = T-1-t, from log-norms "
+             "(`gradflow.grad_norms(..., log=True)`, float32, no underflow); *decay per "
+             "step* is the geometric rate fitted over all lags.\n\n" + table)
 
-  def at(label):  # relative norm at the largest lag
+  def at(label):  # log of the relative norm at the largest lag
     return summary[label]
+
+  def shown(label):
+    return _sci(at(label), 1)
   rows = [
       Row(claim="At initialisation the tanh RNN's gradient vanishes exponentially with the "
                 "lag (default small weights)",
           source="Bengio, Simard & Frasconi 1994; Pascanu, Mikolov & Bengio 2013",
           setting=f"adding inputs, T={T}, H={H}, batch 16, loss at the last step",
-          measured=f"relative norm at lag {T - 1}: {at('simple_rnn, tanh, default'):.1e}",
-          verdict="**reproduced**" if at("simple_rnn, tanh, default") < 1e-3
+          measured=f"relative norm at lag {T - 1}: {shown('simple_rnn, tanh, default')}",
+          verdict="**reproduced**" if at("simple_rnn, tanh, default") < math.log(1e-3)
           else "**not reproduced**"),
       Row(claim="Orthogonal / identity recurrent initialisation keeps the gradient from "
                 "vanishing over long lags",
           source="Saxe, McClelland & Ganguli 2014; Le, Jaitly & Hinton 2015",
           setting="as above",
-          measured=f"lag {T - 1}: orthogonal tanh {at('simple_rnn, tanh, orthogonal'):.1e}, "
-                   f"IRNN {at('simple_rnn, relu, identity (IRNN)'):.1e} vs default "
-                   f"{at('simple_rnn, tanh, default'):.1e}",
-          verdict=verdict(at("simple_rnn, relu, identity (IRNN)") > 1e-2,
+          measured=f"lag {T - 1}: orthogonal tanh {shown('simple_rnn, tanh, orthogonal')}, "
+                   f"IRNN {shown('simple_rnn, relu, identity (IRNN)')} vs default "
+                   f"{shown('simple_rnn, tanh, default')}",
+          verdict=verdict(at("simple_rnn, relu, identity (IRNN)") > math.log(1e-2),
                           at("simple_rnn, tanh, orthogonal")
-                          > 1e3 * at("simple_rnn, tanh, default"), runs=()),
+                          > math.log(1e3) + at("simple_rnn, tanh, default"), runs=()),
           note="reproduced = IRNN above 1e-2 and orthogonal tanh 1000x above default"),
       Row(claim="A larger forget-gate bias (1, or chrono) lengthens the LSTM's gradient "
                 "memory",
           source="Gers et al. 2000; Jozefowicz et al. 2015; Tallec & Ollivier 2018",
           setting="as above",
-          measured=f"lag {T - 1}: default {at('lstm, default'):.1e}, forget bias 1 "
-                   f"{at('lstm, forget bias 1'):.1e}, chrono {at('lstm, chrono T_max=T'):.1e}",
+          measured=f"lag {T - 1}: default {shown('lstm, default')}, forget bias 1 "
+                   f"{shown('lstm, forget bias 1')}, chrono {shown('lstm, chrono T_max=T')}",
           verdict=verdict(at("lstm, forget bias 1") > at("lstm, default"),
                           at("lstm, chrono T_max=T") > at("lstm, forget bias 1"), runs=())),
   ]
-  return rows, table
+  return rows, section
+
+
+def _sci(log_value: float, digits: int = 2) -> str:
+  """A norm from its natural log in scientific notation (``8.19e-44``, ``3.2e-412``)."""
+  return experiments.format_log_norm(log_value, digits)
+
+
+# |lambda_1| below this (per step) counts as 0: periodic or quasi-periodic orbits, whose
+# exponent a few thousand steps estimate to within ~1e-4.
+CHAOS_TOLERANCE = 1e-3
+
+
+def edge_of_chaos(scale: dict, budget: Budget, seed: int) -> tuple[list[Row], str]:
+  """The largest Lyapunov exponent of a random tanh RNN against the gain, beside mean-field
+  theory, and the gradient norm's decay rate beside it (``experiments.edge_of_chaos``)."""
+  config = scale["edge_of_chaos"]
+  N, T, warmup, draws = config["hidden"], config["length"], config["warmup"], config["draws"]
+  fit_from = config["fit_from"]
+  start = time.perf_counter()
+  result = experiments.edge_of_chaos(config["gains"], hidden_size=N, length=T,
+                                     warmup=warmup, draws=draws, seed=seed,
+                                     fit_from=fit_from)
+  main_seconds = time.perf_counter() - start
+  gains, lyap, slope = result.gains, result.lyapunov, result.slope
+  mean = lyap.mean(axis=0)
+  stable_end = experiments.crossing(gains, mean, -CHAOS_TOLERANCE)
+  chaos_onset = experiments.crossing(gains, mean, CHAOS_TOLERANCE)
+  inverse_radius = float(np.mean(1.0 / result.spectral_radius))
+
+  lines = ["| g | mean field λ_1 | λ_1 measured (mean ± sd) | gradient slope (mean) "
+           "| max abs(slope − λ_1) |", "| --- | --- | --- | --- | --- |"]
+  for i, g in enumerate(gains):
+    lines.append(f"| {g:.2f} | {result.mean_field[i]:+.4f} | {mean[i]:+.4f} ± "
+                 f"{lyap[:, i].std():.4f} | {slope[:, i].mean():+.4f} | "
+                 f"{np.abs(slope[:, i] - lyap[:, i]).max():.4f} |")
+
+  sizes = [N] + [n for n in config["finite_sizes"] if n != N]
+  onsets = {N: (stable_end, chaos_onset, inverse_radius)}
+  for n in sizes[1:]:
+    other = experiments.edge_of_chaos(config["finite_gains"], hidden_size=n, length=T,
+                                      warmup=warmup, draws=config["finite_draws"],
+                                      seed=seed, gradients=False)
+    m = other.lyapunov.mean(axis=0)
+    onsets[n] = (experiments.crossing(other.gains, m, -CHAOS_TOLERANCE),
+                 experiments.crossing(other.gains, m, CHAOS_TOLERANCE),
+                 float(np.mean(1.0 / other.spectral_radius)))
+  seconds = time.perf_counter() - start
+  size_lines = ["| N | mean 1/ρ(W_0) | λ_1 leaves < 0 at g | λ_1 > 0 (chaos) from g |",
+                "| --- | --- | --- | --- |"]
+  size_lines += [f"| {n} | {onsets[n][2]:.3f} | {onsets[n][0]:.3f} | {onsets[n][1]:.3f} |"
+                 for n in sorted(onsets)]
+
+  contracting = mean < -CHAOS_TOLERANCE
+  chaotic = mean > CHAOS_TOLERANCE
+  error = np.abs(slope - lyap)
+  allowed = 0.005 + 0.05 * np.abs(lyap)
+  slopes_match = bool(contracting.any() and (error[:, contracting]
+                                             <= allowed[:, contracting]).all())
+  i_low, i_high = int(np.argmin(gains)), int(np.argmax(gains))
+  finite_theory = np.log(gains[i_low] * result.spectral_radius).mean()
+  setting = (f"h_t = tanh(W h_(t-1)), W = g W_0, (W_0)_ij ~ N(0, 1/N), N={N}, zero input, "
+             f"h_0 ~ N(0, I), T={T} steps (warm-up {warmup}), {draws} draw(s) of W_0 and "
+             f"h_0, g = {gains[0]:g} to {gains[-1]:g} ({gains.size} gains); "
+             "`gradflow.lyapunov(k=1)`")
+  sized = ", ".join(f"N={n}: {onsets[n][1]:.2f}" for n in sorted(onsets))
+  narrows = len(onsets) > 1 and onsets[max(onsets)][1] < onsets[min(onsets)][1]
+  rows = [
+      Row(claim="The largest Lyapunov exponent λ_1 of a random tanh RNN crosses 0 at the "
+                "gain g = 1 (zero input): λ_1 = log g < 0 below (ordered), > 0 above "
+                "(chaos), as mean-field theory puts it",
+          source="Sompolinsky, Crisanti & Sommers 1988 (continuous time); Molgedey, "
+                 "Schuchhardt & Schuster 1992 (discrete time)",
+          setting=setting,
+          measured=f"mean λ_1 < 0 up to g = {stable_end:.3f} (mean 1/ρ(W_0) = "
+                   f"{inverse_radius:.3f}), ≈ 0 between, > 0 from g = {chaos_onset:.3f}; "
+                   f"λ_1(g={gains[i_low]:g}) = {mean[i_low]:+.4f} (mean field "
+                   f"{result.mean_field[i_low]:+.4f}, finite-N log(g ρ(W_0)) "
+                   f"{finite_theory:+.4f}); λ_1(g={gains[i_high]:g}) = {mean[i_high]:+.4f} "
+                   f"(mean field {result.mean_field[i_high]:+.4f}); chaos onset by size: "
+                   f"{sized} [{seconds:.0f} s]",
+          verdict=verdict(abs(stable_end - 1.0) <= 0.1 and mean[i_low] < 0
+                          and mean[i_high] > 0, narrows, runs=()),
+          note="reproduced = λ_1 stops being negative within 0.1 of g = 1, and the onset of "
+               "λ_1 > 0 moves towards 1 as N grows; at finite N the zero fixed point loses "
+               "stability at g = 1/ρ(W_0) and λ_1 ≈ 0 (periodic or quasi-periodic orbits, "
+               "the finite-size route of Doyon et al. 1993) until chaos sets in"),
+      Row(claim="The gradient norm of a loss at the last step decays (or grows) with the lag "
+                "at the rate of the largest Lyapunov exponent: slope of log |dL/dh_t| per "
+                "lag = λ_1",
+          source="Pascanu, Mikolov & Bengio 2013, §2; Engelken, Wolf & Abbott 2020; "
+                 "Vogt et al. 2022",
+          setting=f"the trajectories above, L = v · h_(T-1) (random unit v), "
+                  f"`gradflow.grad_norms(log=True)`, least-squares slope over lags "
+                  f"{fit_from}..{T - 1 - warmup}",
+          measured=f"{int(contracting.sum())} contracting gains (λ_1 < 0): max abs(slope − "
+                   f"λ_1) = {_max(error[:, contracting])}; g={gains[i_low]:g}: slope "
+                   f"{slope[:, i_low].mean():+.4f} vs λ_1 {mean[i_low]:+.4f}; "
+                   f"{int(chaotic.sum())} chaotic gains: max abs(slope − λ_1) = "
+                   f"{_max(error[:, chaotic])} (g={gains[i_high]:g}: slope "
+                   f"{slope[:, i_high].mean():+.4f} vs λ_1 {mean[i_high]:+.4f}) "
+                   f"[{main_seconds:.0f} s with the exponents]",
+          verdict=verdict(slopes_match, runs=()),
+          note="reproduced = within 0.005 + 5% of abs(λ_1) at every contracting gain and "
+               "draw"),
+  ]
+  section = "\n".join([
+      "## Edge of chaos: largest Lyapunov exponent against the gain", "",
+      f"{setting}. λ_1 per step (nats), averaged over steps {warmup}..{T - 1}; the mean "
+      "field is `experiments.mean_field_lyapunov(g)` = ½ log(g² E[tanh'(√Δ z)²]), Δ = g² "
+      "E[tanh²(√Δ z)] (log g for g ≤ 1). *Gradient slope*: least-squares slope of log "
+      f"|dL/dh_t| against the lag k = {fit_from}..{T - 1 - warmup}, L = v · h_(T-1), on the "
+      f"same trajectories. |λ_1| < {CHAOS_TOLERANCE:g} counts as 0.", "",
+      *lines, "",
+      "Finite size: where the mean λ_1 crosses ∓" f"{CHAOS_TOLERANCE:g}" + (
+          f" (N ≠ {N}: g = {config['finite_gains'][0]:g} to "
+          f"{config['finite_gains'][-1]:g}, {config['finite_draws']} draws, exponents "
+          "only)" if len(onsets) > 1 else "") + ". The zero fixed point is stable for "
+      "g < 1/ρ(W_0) (circular law: ρ(W_0) → 1 as N → ∞).", "",
+      *size_lines])
+  return rows, section
+
+
+def _max(values: np.ndarray) -> str:
+  return f"{values.max():.4f}" if values.size else "n/a"
+
+
+def gradflow_training(scale: dict, budget: Budget, seed: int) -> tuple[list[Row], str]:
+  """A record, not a claim: the gradient norm against lag at several steps of training
+  (``experiments.lag_profiles`` with snapshots, as ``jaxseq gradflow --train-steps``)."""
+  config = scale["gradflow_training"]
+  task = tasks.TASKS[config["task"]]
+  T = config["length"]
+  steps = experiments.snapshot_steps(config["train_steps"], config["snapshots"])
+  if not budget.left():
+    return [], ("## Gradient flow during training\n\nskipped (time budget spent)")
+  settings = train_lib.defaults(task)
+  cells = {name: registry.make_cell(name, settings.hidden_size) for name in config["cells"]}
+  outcomes = []   # lag_profiles logs "training ..." then the result line of each run
+
+  def keep_outcome(line: str) -> None:
+    if not line.startswith("training"):
+      outcomes.append(line.strip())
+
+  start = time.perf_counter()
+  profiles = experiments.lag_profiles(
+      task, cells, length=T, batch_size=settings.batch_size, seed=seed, train_steps=steps,
+      learning_rate=settings.learning_rate, log=keep_outcome)
+  seconds = time.perf_counter() - start
+  results = iter(outcomes)   # one per cell and step, in the order of the loops below
+  lags = [k for k in (1, 10, 20, 50, 100, 200, 500, 1000) if k < T] + [T - 1]
+  lines = ["| cell | step | metric | " + " | ".join(f"lag {k}" for k in lags)
+           + " | decay per step |", "|" + " --- |" * (len(lags) + 4)]
+  for name in cells:
+    for phase, by_cell in profiles.items():
+      rel = experiments.relative_log(by_cell[name])
+      metric = "—" if phase == "init" else next(results, "")
+      lines.append(f"| {name} | {experiments.phase_step(phase)} | {metric} | "
+                   + " | ".join(_sci(rel[k]) for k in lags)
+                   + f" | x{experiments.decay_rate(by_cell[name]):.3f} |")
+  section = "\n".join([
+      "## Gradient flow during training", "",
+      f"A record, not a claim: `jaxseq gradflow --task {task.name} --length {T} --cells "
+      f"{','.join(cells)} --hidden {settings.hidden_size} --batch-size "
+      f"{settings.batch_size} --lr {settings.learning_rate:g} --train-steps "
+      f"{config['train_steps']} --snapshots {config['snapshots']}` (the task's training "
+      "defaults; each snapshot is its own deterministic run from the seed, equal to that "
+      "step of the longest run). The norm "
+      "of dL/dh_t relative to lag 0, on the first sequences of the evaluation set, and "
+      f"the metric on the whole set after that step. {seconds:.0f} s.", "",
+      *lines])
+  return [], section
 
 
 # ----------------------------------------------------------------------------- main
@@ -344,12 +526,24 @@ FULL = dict(adding_lengths=(100, 200), adding_steps={}, copy_length=100, copy_st
             defaults=(("copy", "lstm", 50), ("copy", "lstm", 100),
                       ("temporal_order", "lstm", 100), ("sequential_digits", "lstm", 64),
                       ("permuted_digits", "lstm", 64)),
-            defaults_steps=None)
+            defaults_steps=None,
+            edge_of_chaos=dict(hidden=256, length=2000, warmup=500, draws=4, fit_from=10,
+                               gains=tuple(round(0.5 + 0.05 * i, 2) for i in range(31)),
+                               finite_sizes=(64, 1024), finite_draws=3,
+                               finite_gains=tuple(round(0.8 + 0.05 * i, 2)
+                                                  for i in range(25))),
+            gradflow_training=dict(task="adding", length=100, cells=("lstm", "gru"),
+                                   train_steps=2000, snapshots=4))
 QUICK = dict(adding_lengths=(20,), adding_steps={20: 60}, copy_length=10, copy_steps=60,
              chrono_length=10, chrono_steps=60, chrono_t_max_factor=1.5, irnn_length=20,
              irnn_steps=60, gradflow_length=50,
              defaults=(("copy", "lstm", 10), ("temporal_order", "lstm", 20)),
-             defaults_steps=60)
+             defaults_steps=60,
+             edge_of_chaos=dict(hidden=32, length=300, warmup=100, draws=1, fit_from=10,
+                                gains=(0.5, 1.0, 1.5, 2.0), finite_sizes=(),
+                                finite_draws=1, finite_gains=()),
+             gradflow_training=dict(task="adding", length=20, cells=("lstm",),
+                                    train_steps=20, snapshots=2))
 
 EXPERIMENTS: dict[str, Callable[[dict, Budget, int], list[Row]]] = {
     "adding": adding_lstm_vs_rnn,
@@ -358,7 +552,13 @@ EXPERIMENTS: dict[str, Callable[[dict, Budget, int], list[Row]]] = {
     "chrono": copy_chrono,
     "defaults": training_defaults,
 }
-NAMES = ("gradflow",) + tuple(EXPERIMENTS)
+# Experiments that write a section (a table) beside their rows; they run first.
+SECTIONS: dict[str, Callable[[dict, Budget, int], tuple[list[Row], str]]] = {
+    "gradflow": gradient_lags,
+    "edge_of_chaos": edge_of_chaos,
+    "gradflow_training": gradflow_training,
+}
+NAMES = tuple(SECTIONS) + tuple(EXPERIMENTS)
 
 
 def _names(text: str) -> list[str]:
@@ -398,7 +598,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "(default: all)")
   parser.add_argument("--budget-minutes", type=_minutes, default=None, metavar="M",
                       help="skip training runs that would start later (default 35, quick 5; "
-                      "0 runs only the gradient-norm table)")
+                      "0 runs only the gradient-norm and edge-of-chaos tables)")
   parser.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
   parser.add_argument("--out", default=None, metavar="PATH",
                       help="markdown file to write (default jaxseq-out/reproduce.md, "
@@ -437,26 +637,31 @@ def run(args: argparse.Namespace, *, command: str = "jaxseq reproduce",
   out = pathlib.Path(args.out) if args.out else default_out(args, folder)
   check_out(out)
   names = args.only or list(NAMES)
-  rows, grad_rows, grad_table = [], [], ""
-  if "gradflow" in names:
-    log("gradient norm against lag at init ...")
-    grad_rows, grad_table = gradient_lags(scale, args.seed)
+  rows, section_rows, sections = [], [], []
+  for name, experiment in SECTIONS.items():
+    if name in names:
+      log(f"{experiment.__name__} ...")
+      new_rows, section = experiment(scale, budget, args.seed)
+      section_rows += new_rows
+      sections.append(section)
   for name, experiment in EXPERIMENTS.items():
     if name in names:
       log(f"{experiment.__name__} ...")
       rows += experiment(scale, budget, args.seed)
-  rows += grad_rows
-  write_report(out, rows, grad_table, args, budget, command)
+  rows += section_rows
+  write_report(out, rows, sections, args, budget, command)
   log(f"wrote {out}  [{budget.spent / 60:.1f} min]")
   return out
 
 
-def write_report(out: pathlib.Path, rows: Sequence[Row], grad_table: str, args: Any,
+def write_report(out: pathlib.Path, rows: Sequence[Row], sections: Sequence[str], args: Any,
                  budget: Budget, command: str = "jaxseq reproduce") -> None:
+  """Writes the markdown report: a header, the rows' table, then each section."""
   out.parent.mkdir(parents=True, exist_ok=True)
   mode = "--quick (toy sizes: verdicts mean little)" if args.quick else "full"
   options = (" --quick" if args.quick else "") + (
-      f" --only {','.join(args.only)}" if args.only else "")
+      f" --only {','.join(args.only)}" if args.only else "") + (
+      f" --out {args.out}" if args.out else "")
   lines = [
       "# Published claims, re-run at CPU scale",
       "",
@@ -472,19 +677,15 @@ def write_report(out: pathlib.Path, rows: Sequence[Row], grad_table: str, args: 
       f"{train_lib.SOLVED:g} x the baseline; *at baseline* = metric > "
       f"{train_lib.AT_BASELINE:g} x it. The *defaults* rows validate "
       "`jaxseq.train.DEFAULTS`, what `jaxseq train TASK --cell CELL` uses.",
-      "",
-      "| claim | source | our setting | measured | verdict |",
-      "| --- | --- | --- | --- | --- |",
   ]
+  if rows:
+    lines += ["", "| claim | source | our setting | measured | verdict |",
+              "| --- | --- | --- | --- | --- |"]
   for r in rows:
     verdict_text = r.verdict + (f" ({r.note})" if r.note else "")
     lines.append(f"| {r.claim} | {r.source} | {r.setting} | {r.measured} | {verdict_text} |")
-  if grad_table:
-    lines += ["", "## Gradient norm against lag at initialisation", "",
-              "The norm of dL/dcarry_t, L the adding loss at the last step (float64), "
-              "relative to its value at t = T-1, "
-              "against lag k = T-1-t; *decay per step* is the geometric rate fitted over all "
-              "lags.", "", grad_table]
+  for section in sections:
+    lines += ["", section]
   lines.append("")
   out.write_text("\n".join(lines))
 

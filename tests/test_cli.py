@@ -41,17 +41,19 @@ def test_gradflow_writes_table_csv_and_png(tmp_path, capsys):
   assert png.read_bytes()[:8] == PNG_SIGNATURE
   image = matplotlib.image.imread(png)
   assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
-  # the CSV: columns, one row per cell and lag 0..T-1, relative norm = norm / norm at lag 0
+  # the CSV: columns, one row per cell and lag 0..T-1, norm = exp(log_norm), relative
+  # norm = norm / norm at lag 0
   columns, rows = read_csv(out / "gradflow.csv")
-  assert columns == ["cell", "phase", "lag", "norm", "relative_norm"]
+  assert columns == ["cell", "phase", "step", "lag", "norm", "relative_norm", "log_norm"]
   assert len(rows) == 2 * 8
   for cell in ("simple_rnn", "lstm"):
     mine = [r for r in rows if r["cell"] == cell]
-    assert {r["phase"] for r in mine} == {"init"}
+    assert {(r["phase"], r["step"]) for r in mine} == {("init", "0")}
     assert sorted(int(r["lag"]) for r in mine) == list(range(8))
     norms = {int(r["lag"]): float(r["norm"]) for r in mine}
     assert all(np.isfinite(n) and n > 0 for n in norms.values())
     for r in mine:
+      np.testing.assert_allclose(float(r["norm"]), np.exp(float(r["log_norm"])), rtol=1e-5)
       np.testing.assert_allclose(float(r["relative_norm"]), norms[int(r["lag"])] / norms[0],
                                  rtol=1e-5)
   # the table names both cells, the lags and where the files went
@@ -73,15 +75,48 @@ def test_gradflow_isometric_linear_rnn_keeps_norms(tmp_path, capsys, init):
   np.testing.assert_allclose([float(r["relative_norm"]) for r in rows], 1.0, rtol=1e-4)
 
 
-def test_gradflow_after_training_adds_a_phase(tmp_path, capsys):
+def test_gradflow_during_training_records_each_snapshot(tmp_path, capsys):
   status = cli.main(["gradflow", "--cells", "gru", "--length", "6", "--hidden", "3",
-                     "--batch-size", "4", "--train-steps", "3", "--out", str(tmp_path)])
+                     "--batch-size", "4", "--train-steps", "4", "--snapshots", "2",
+                     "--out", str(tmp_path)])
   stdout = capsys.readouterr().out
   assert status == 0
   _, rows = read_csv(tmp_path / "gradflow.csv")
-  assert sorted({r["phase"] for r in rows}) == ["init", "trained"]
-  assert len(rows) == 2 * 6
-  assert "[trained]" in stdout
+  # init and after 2 and 4 steps, each with all 6 lags
+  assert sorted({(r["phase"], int(r["step"])) for r in rows}, key=lambda p: p[1]) == [
+      ("init", 0), ("step 2", 2), ("step 4", 4)]
+  assert len(rows) == 3 * 6
+  assert "[step 2]" in stdout and "[step 4]" in stdout
+  assert stdout.count("training gru for") == 2
+  by_phase = {phase: [float(r["log_norm"]) for r in rows if r["phase"] == phase]
+              for phase in ("init", "step 2", "step 4")}
+  assert by_phase["init"] != by_phase["step 4"]   # training changed the profile
+  for name in ("gradflow.png", "gradflow-training.png"):
+    assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE
+    assert f"wrote {tmp_path / name}" in stdout
+
+
+def test_gradflow_long_lags_print_below_float32(tmp_path, capsys):
+  """At T = 2000 every log-norm is finite and the table prints norms far below float32's
+  smallest (1.4e-45), where a float32 norm is 0."""
+  status = cli.main(["gradflow", "--cells", "lstm,gru", "--length", "2000", "--hidden", "4",
+                     "--batch-size", "2", "--out", str(tmp_path)])
+  stdout = capsys.readouterr().out
+  assert status == 0
+  _, rows = read_csv(tmp_path / "gradflow.csv")
+  assert len(rows) == 2 * 2000
+  logs = np.array([float(r["log_norm"]) for r in rows])
+  assert np.isfinite(logs).all()
+  assert (np.float32(np.exp(logs)) == 0).any()   # what linear float32 norms would give
+  last = [line.split() for line in stdout.splitlines() if line.strip().startswith("1999 ")]
+  assert len(last) == 1
+  exponents = [int(value.split("e")[1]) for value in last[0][1:]]
+  assert len(exponents) == 2 and all(e < -45 for e in exponents), last
+  # the CSV keeps the exponent as text where float64 cannot hold the number either
+  deepest = min(rows, key=lambda r: float(r["log_norm"]))
+  mantissa, exponent = deepest["norm"].split("e")
+  np.testing.assert_allclose(np.log(float(mantissa)) + int(exponent) * np.log(10),
+                             float(deepest["log_norm"]), atol=1e-5)
 
 
 def test_train_prints_metric_baseline_verdict_and_knob(capsys):
@@ -225,6 +260,7 @@ def test_lyapunov_runs_on_lstm(capsys):
     (["lyapunov", "--length", "10", "--warmup", "10"], "--warmup"),
     (["gradflow", "--batch-size", "100000"], "--batch-size: expected at most 512"),
     (["gradflow", "--lr", "inf"], "--lr"),
+    (["gradflow", "--snapshots", "0"], "--snapshots"),
     (["gradflow", "--forget-bias", "nan", "--cells", "lstm"], "--forget-bias"),
     (["train", "adding", "--lr", "inf"], "--lr"),
     (["train", "adding", "--lr", "nan"], "--lr"),
@@ -294,7 +330,7 @@ def test_reproduce_runs_in_process_and_writes_its_report(tmp_path, capsys):
   assert status == 0
   report = out.read_text()
   assert report.startswith("# Published claims, re-run at CPU scale")
-  assert "Regenerate with `jaxseq reproduce --quick --only gradflow`" in report
+  assert f"Regenerate with `jaxseq reproduce --quick --only gradflow --out {out}`" in report
   assert "| simple_rnn, relu, identity (IRNN) |" in report
   assert f"wrote {out}" in stdout
 
