@@ -280,11 +280,6 @@ def _carry_parts(layer: layers_lib.Layer, tree: Any) -> list:
                f"a {spec.kind!r} layer")
 
 
-def _map_carries(layer: layers_lib.Layer, fn: Callable[[Any], Any], tree: Any) -> Any:
-  """Applies ``fn`` to each recurrent sub-layer's part of a carry-shaped ``tree``."""
-  return _rebuild_carry(layer, iter([fn(part) for part in _carry_parts(layer, tree)]))
-
-
 def _rebuild_carry(layer: layers_lib.Layer, parts) -> Any:
   spec = layer.spec
   if isinstance(spec, specs.RecurrentSpec):

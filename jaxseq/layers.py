@@ -9,7 +9,7 @@ and compose with network layers (``jaxseq.nn.Conv``, ``Dense``, ...) in ``jaxseq
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, Union
+from typing import Any, Callable, Mapping, Union
 
 import jax
 import jax.numpy as jnp
@@ -105,6 +105,17 @@ def _time_major(layer: Layer) -> bool:
   return False if first is None else first.time_major
 
 
+def _output_features(apply, params: Any, xs_shape: tuple[int, ...], argument: str,
+                     expected: str) -> tuple[int, ...]:
+  """The per-step output features of a sequence layer's ``apply`` on inputs shaped
+  ``xs_shape`` (two leading batch/time axes), by shape inference."""
+  xs = jax.ShapeDtypeStruct(tuple(xs_shape), jnp.float32)
+  ys, _ = jax.eval_shape(lambda p, x: apply(p, x), params, xs)
+  if not hasattr(ys, "shape"):
+    _checks.fail(argument, expected, type(ys).__name__)
+  return tuple(ys.shape[2:])
+
+
 def _sequence_output_shape(init, apply, time_major: bool = False):
   """``output_shape`` of a sequence layer: ``(T, *features)`` in, ``(T, *out)`` out."""
   def output_shape(input_shape):
@@ -112,12 +123,9 @@ def _sequence_output_shape(init, apply, time_major: bool = False):
     step = _step_shape(input_shape)
     params = jax.eval_shape(lambda k: init(k, step), jax.random.PRNGKey(0))
     shape = (input_shape[0], 1) if time_major else (1, input_shape[0])
-    xs = jax.ShapeDtypeStruct(shape + tuple(input_shape[1:]), jnp.float32)
-    ys, _ = jax.eval_shape(lambda p, x: apply(p, x), params, xs)
-    if not hasattr(ys, "shape"):
-      _checks.fail("layer", "a layer whose outputs are one array (merge=None gives a pair)",
-                   type(ys).__name__)
-    return (input_shape[0],) + tuple(ys.shape[2:])
+    return (input_shape[0],) + _output_features(
+        apply, params, shape + tuple(input_shape[1:]), "layer",
+        "a layer whose outputs are one array (merge=None gives a pair)")
   return output_shape
 
 
@@ -325,13 +333,9 @@ def _check_keys(argument: str, tree: Any, keys: tuple[str, ...]) -> None:
 def output_size(layer: Layer, params: Any, input_size: Any) -> Any:
   """Feature size of ``layer``'s outputs for one step's input (an int, or a shape for
   convolutional layers, then the output's ``(*spatial, F)``), by shape inference."""
-  step = _step_input(layer, input_size)
-  xs = jax.ShapeDtypeStruct((1, 1) + step, jnp.float32)
-  ys, _ = jax.eval_shape(lambda p, x: layer.apply(p, x), params, xs)
-  if not hasattr(ys, "shape"):
-    _checks.fail("layers", "layers whose outputs are one array (merge=None gives a pair)",
-                 type(ys).__name__)
-  out = tuple(ys.shape[2:])
+  out = _output_features(layer.apply, params, (1, 1) + _step_input(layer, input_size),
+                         "layers", "layers whose outputs are one array (merge=None gives a "
+                         "pair)")
   return out[-1] if not isinstance(input_size, (tuple, list)) else out
 
 

@@ -13,7 +13,7 @@ blocks permuted to jaxseq's ``i, f, g, o``, ``w_ih = ih.kernel``, ``w_hh = hh.ke
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax.numpy as jnp
 

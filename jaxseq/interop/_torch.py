@@ -333,9 +333,6 @@ def _directions(where: str, spec: Any, strict: bool) -> list[Cell]:
                f"kind {getattr(spec, 'kind', None)!r}")
 
 
-  return first
-
-
 def _where(kind: str, k: int, d: int, num_directions: int, root: str) -> str:
   where = root + (f"[{k}]" if kind == "stack" else "")
   if num_directions == 2:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -682,7 +682,7 @@ def over_time(layer: Layer, *, name: str | None = None) -> Layer:
     return y.reshape((n, t) + y.shape[1:]), state
 
   return Layer(init, apply, output_shape,
-               dict(kind="over_time", name=name or f"over_time", layers=(layer,)))
+               dict(kind="over_time", name=name or "over_time", layers=(layer,)))
 
 
 def concat(*branches: Layer, name: str | None = None) -> Layer:
