@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="save checkpoints there (Orbax)")
   p.add_argument("--resume", action="store_true",
                  help="resume from the latest checkpoint in --checkpoint-dir")
+  p.add_argument("--data-parallel", action="store_true",
+                 help="split each batch across every device (jax.devices()); the batch "
+                      "size must be a multiple of the device count")
   shown = p.add_mutually_exclusive_group()
   shown.add_argument("--progress", action="store_true",
                      help="show a progress bar (default: only when stderr is a terminal)")
@@ -356,6 +359,13 @@ def _train(args) -> int:
                        optimizer=args.optimizer, learning_rate=lr, clip_norm=args.clip_norm,
                        seed=args.seed, checkpoint_dir=args.checkpoint_dir,
                        resume=args.resume, progress=progress)
+  if args.data_parallel:
+    import jax   # the CLI imports JAX lazily (help and usage errors stay fast)
+    devices = jax.device_count()
+    if batch_size % devices:
+      raise UsageError(f"--batch-size: expected a multiple of the {devices} devices "
+                       f"(--data-parallel), got {batch_size}")
+    train_options["mesh"] = train_lib.data_mesh()
   if args.eval_every is not None:
     train_options["eval_every"] = args.eval_every
   told = [name for name, value in (("--length", args.length), ("--steps", args.steps),
@@ -366,7 +376,7 @@ def _train(args) -> int:
     source += f"; {args.cell}'s init is the task's default"
   print(f"training {choice.description} on {task.name}, "
         f"{_length_text(task, length, num_steps)}, {steps} training steps, "
-        f"batch {batch_size}, {args.optimizer} lr {lr:g}, clip {args.clip_norm:g} "
+        f"batch {batch_size}{_devices_text(train_options)}, {args.optimizer} lr {lr:g}, clip {args.clip_norm:g} "
         f"({source})", flush=True)
   start = time.perf_counter()
   result = train_lib.train(task, choice.cell, **train_options)
@@ -377,6 +387,11 @@ def _train(args) -> int:
     line += f"; {_advice(args, task, settings, judged, length, steps, lr, choice, result)}"
   print(f"{line}  [{seconds:.1f} s]")
   return 0
+
+
+def _devices_text(train_options: dict) -> str:
+  mesh = train_options.get("mesh")
+  return "" if mesh is None else f" split over {mesh.size} devices"
 
 
 def _advice(args, task, settings, judged, length, steps, lr, choice, result) -> str:

@@ -503,11 +503,17 @@ _CACHE: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
 _CACHE_SIZE = 8
 
 
-def _compiled(task, cell, batch_size, length, optimizer, learning_rate, clip_norm):
+def _compiled(task, cell, batch_size, length, optimizer, learning_rate, clip_norm,
+              mesh=None, data_axis=None):
   """``(transform, model, train_step, evaluate)``, the jitted functions reused by later
   calls with the same task, the same cell object and the same settings (compiling the
-  step costs seconds on CPU; benchmarks and tests train one cell several times)."""
-  key = (task, id(cell), batch_size, length, optimizer, learning_rate, clip_norm)
+  step costs seconds on CPU; benchmarks and tests train one cell several times).
+
+  With a ``mesh``, the step's batch is sharded along ``data_axis`` and the params and
+  optimiser state are replicated; the gradient's mean over the batch becomes an all-reduce
+  across the devices (XLA's SPMD partitioner inserts it)."""
+  key = (task, id(cell), batch_size, length, optimizer, learning_rate, clip_norm, mesh,
+         data_axis)
   try:
     hit = _CACHE.get(key)
   except TypeError:   # an unhashable setting: no caching
@@ -521,9 +527,17 @@ def _compiled(task, cell, batch_size, length, optimizer, learning_rate, clip_nor
   # Fail on a bad length or batch size here, in Python, rather than inside jit.
   jax.eval_shape(lambda k: task.sample(k, batch_size, length), jax.random.PRNGKey(0))
 
-  @jax.jit
+  shard_batch = lambda a: a
+  jit = jax.jit
+  if mesh is not None:
+    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
+    shard_batch = lambda a: jax.lax.with_sharding_constraint(a, batch)
+    jit = functools.partial(jax.jit, out_shardings=replicated(mesh))
+
+  @jit
   def train_step(params, opt_state, key_data, step):
     x, y = task.sample(jax.random.fold_in(key_data, step), batch_size, length)
+    x, y = jax.tree.map(shard_batch, (x, y))
     loss, grads = jax.value_and_grad(model.loss)(params, x, y)
     updates, opt_state = transform.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss * metric_scale
@@ -546,6 +560,42 @@ def evaluation_set(task: tasks_lib.Task | str, length: int) -> tuple[jax.Array, 
   length)``: the same for every seed, drawn once per (task, length) and process (drawing
   compiles the PRNG for its shape, seconds on CPU)."""
   return _evaluation_set(resolve_task(task), length)
+
+
+def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """The sharding that holds a whole copy of an array on every device of ``mesh``."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def data_mesh(devices: Any = None, axis: str = "data") -> jax.sharding.Mesh:
+  """A one-axis ``Mesh`` over ``devices`` (default: ``jax.devices()``, every device of
+  every process) for data-parallel ``train(..., mesh=...)``."""
+  devices = jax.devices() if devices is None else list(devices)
+  if not devices:
+    _checks.fail("devices", "at least one device", "none")
+  if not isinstance(axis, str):
+    _checks.fail("axis", "a mesh axis name (str)", repr(axis), TypeError)
+  return jax.sharding.Mesh(np.asarray(devices), (axis,))
+
+
+def _check_mesh(mesh: Any, data_axis: Any, batch_size: int) -> str | None:
+  """Validates ``train``'s ``mesh``/``data_axis``; returns the axis the batch is split on."""
+  if mesh is None:
+    if data_axis is not None:
+      _checks.fail("data_axis", "None without a mesh", repr(data_axis))
+    return None
+  if not isinstance(mesh, jax.sharding.Mesh):
+    _checks.fail("mesh", "a jax.sharding.Mesh or None", type(mesh).__name__, TypeError)
+  if data_axis is None:
+    data_axis = mesh.axis_names[0]
+  if data_axis not in mesh.axis_names:
+    _checks.fail("data_axis", f"one of the mesh's axes {tuple(mesh.axis_names)}",
+                 repr(data_axis))
+  shards = mesh.shape[data_axis]
+  if batch_size % shards:
+    _checks.fail("batch_size", f"a multiple of the {shards} devices on mesh axis "
+                 f"{data_axis!r}", batch_size)
+  return data_axis
 
 
 def show_progress(progress: bool | None) -> bool:
@@ -571,7 +621,8 @@ def train(task: tasks_lib.Task | str, cell: Cell | layers_lib.Layer, *,
           clip_norm: float | None = 1.0, eval_every: int | None = None,
           seed: int = 0, checkpoint_dir: str | os.PathLike | None = None,
           resume: bool = False, progress: bool | None = None,
-          log: Callable[[int, float, float], None] | None = None) -> TrainResult:
+          log: Callable[[int, float, float], None] | None = None,
+          mesh: jax.sharding.Mesh | None = None, data_axis: str | None = None) -> TrainResult:
   """Trains ``recurrent(cell)`` + readout on ``task`` with BPTT and a clipped optimiser.
 
   One jitted step draws its batch on the device (``task.sample``), computes the loss and
@@ -608,6 +659,15 @@ def train(task: tasks_lib.Task | str, cell: Cell | layers_lib.Layer, *,
     progress: show a tqdm progress bar; ``None`` (default): only when stderr is a
       terminal.
     log: called as ``log(step, train_loss, eval_metric)`` with every history entry.
+    mesh: data-parallel training over this ``jax.sharding.Mesh`` (e.g. ``data_mesh()``):
+      each step's batch is split across the devices of ``data_axis``, params and
+      optimiser state are replicated, and the gradients are averaged across devices by
+      an all-reduce. The losses and params equal those of a single-device run up to
+      float summation order. For several hosts, call ``jax.distributed.initialize()`` in
+      every process first and pass a mesh over ``jax.devices()`` (all processes' devices);
+      every process runs the same ``train`` call.
+    data_axis: the mesh axis the batch is split along (default: the mesh's first axis);
+      ``batch_size`` must be a multiple of its size.
 
   Returns:
     A ``TrainResult(params, history, metric, baseline)``.
@@ -634,8 +694,9 @@ def train(task: tasks_lib.Task | str, cell: Cell | layers_lib.Layer, *,
   if log is not None and not callable(log):
     _checks.fail("log", "a callable log(step, train_loss, eval_metric) or None",
                  type(log).__name__, TypeError)
+  data_axis = _check_mesh(mesh, data_axis, batch_size)
   transform, model, train_step, evaluate = _compiled(
-      task, cell, batch_size, length, optimizer, learning_rate, clip_norm)
+      task, cell, batch_size, length, optimizer, learning_rate, clip_norm, mesh, data_axis)
   baseline = float(task.baseline(length))
 
   key_init, key_data = jax.random.split(jax.random.PRNGKey(seed))
@@ -666,6 +727,9 @@ def train(task: tasks_lib.Task | str, cell: Cell | layers_lib.Layer, *,
         checkpoints.close()
         raise
       params, opt_state, key_data = arrays["params"], arrays["opt_state"], arrays["key_data"]
+  if mesh is not None:
+    params, opt_state, key_data = jax.device_put((params, opt_state, key_data),
+                                                 replicated(mesh))
 
   def record(step: int, losses_since: list) -> None:
     train_loss = float(np.mean(np.asarray(losses_since, np.float64)))
