@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -110,6 +110,8 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
 
   run = _kernel_run(cell.kernel, recur, kernel, chunk)
   if run is not None:
+    if chunk is not None and lengths is None and num_steps % chunk:
+      lengths = jnp.full(batch_shape, num_steps, jnp.int32)   # masks the padded last chunk
     carry, ys = _run_kernel(run, project, params, carry, xs, lengths, reverse, unroll)
   else:
     carry, ys = _scan(project, recur, params, carry, xs, lengths, reverse, unroll, chunk)
@@ -119,14 +121,39 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
 
 def _kernel_run(cell_kernel: Kernel | None, recur: Any, kernel: str, chunk: int | None):
   """The ``run`` of the whole-sequence kernel that ``kernel`` selects, or ``None`` for the
-  scan. A kernel runs only for the recurrence it is bound to (the cell's ``recur`` itself),
-  never under ``remat`` (it has no chunked checkpointing)."""
-  if (kernel == "reference" or chunk is not None or cell_kernel is None
-      or cell_kernel.recur is not recur):
+  scan. A kernel runs only for the recurrence it is bound to (the cell's ``recur`` itself);
+  under ``remat`` it runs chunk by chunk, each chunk checkpointed (``chunked``)."""
+  if (kernel == "reference" or cell_kernel is None or cell_kernel.recur is not recur):
     return None
   if kernel == "xla" and cell_kernel.name != "xla":
     return None
-  return cell_kernel.run
+  return cell_kernel.run if chunk is None else chunked(cell_kernel.run, chunk)
+
+
+@functools.lru_cache(maxsize=64)   # one function per (run, chunk): jit's static cache hits
+def chunked(run: Callable[..., Any], chunk: int) -> Callable[..., Any]:
+  """A whole-sequence ``run(params, carry, gxs, lengths, reverse, unroll)`` applied to
+  ``chunk`` steps at a time under ``jax.checkpoint``: the backward pass keeps only the
+  carries at chunk boundaries and recomputes each chunk's forward (memory ~ T/chunk carries
+  plus one chunk's residuals). A padded last chunk is masked through ``lengths``."""
+  def run_chunked(params, carry, gxs, lengths, reverse, unroll):
+    num_steps = jax.tree.leaves(gxs)[0].shape[0]
+    total = -(-num_steps // chunk) * chunk
+    if total != num_steps:
+      gxs = jax.tree.map(lambda g: jnp.concatenate(
+          [g, jnp.zeros((total - num_steps,) + g.shape[1:], g.dtype)]), gxs)
+    split = lambda a: a.reshape((total // chunk, chunk) + a.shape[1:])
+
+    @jax.checkpoint
+    def body(carry, inputs):
+      start, gx = inputs
+      limit = None if lengths is None else jnp.clip(lengths - start, 0, chunk)
+      return run(params, carry, gx, limit, reverse, unroll)
+
+    starts = jnp.arange(0, total, chunk)
+    carry, ys = lax.scan(body, carry, (starts, jax.tree.map(split, gxs)), reverse=reverse)
+    return carry, jax.tree.map(lambda y: y.reshape((total,) + y.shape[2:])[:num_steps], ys)
+  return run_chunked
 
 
 def _masked_inputs(xs: jax.Array, lengths: jax.Array | None) -> jax.Array:

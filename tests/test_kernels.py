@@ -104,6 +104,30 @@ def test_xla_equals_reference_values_and_gradients(x64, name):
     _assert_trees_close(got_grads, want_grads, 1e-12)
 
 
+@pytest.mark.parametrize("name", ["lstm_coupled_peephole_proj", "gru"])
+def test_xla_under_remat_equals_reference(x64, name):
+  """``remat``: the fused path runs chunk by chunk under ``jax.checkpoint``; chunks of 2
+  over T=5 leave a padded last chunk, with and without lengths, forward and reversed."""
+  cell, params, xs, carry = _setup(name)
+  cases = ({"remat": 2, "reverse": True}, {"remat": 2, "lengths": jnp.array([T, 0, 3])},
+           {"remat": True, "lengths": jnp.array([1, 4, T]), "reverse": True})
+
+  def values_and_grads(kernel):
+    def both(p, x, c):
+      out = []
+      for options in cases:
+        run = _unroll(cell, kernel, **options)
+        out.append((run(p, x, c), jax.grad(_loss(run), argnums=(0, 1, 2))(p, x, c)))
+      return out
+    return jax.jit(both)(params, xs, carry)
+  got = values_and_grads("xla")
+  assert "remat" in str(jax.make_jaxpr(   # jax.checkpoint's primitive
+      jax.grad(_loss(_unroll(cell, "xla", remat=2))))(params, xs, carry))
+  for (values, grads), (want, want_grads) in zip(got, values_and_grads("reference")):
+    _assert_trees_close(values, want, 1e-13)
+    _assert_trees_close(grads, want_grads, 1e-12)
+
+
 CONV_CELLS = {
     "conv_lstm": (lambda: jaxseq.conv_lstm(2, (3, 3)), (4, 4)),
     "conv_lstm_circular_no_peephole": (
@@ -237,8 +261,10 @@ def test_layers_thread_the_kernel_option():
   bi = jaxseq.bidirectional(jaxseq.recurrent(cell, kernel="reference"))
   bi_params = bi.init(KEY, D)
   assert not _uses_fused_path(lambda p, x: bi.apply(p, x), bi_params, xs)
-  # remat has no fused version: it runs the scan.
-  assert not _uses_fused_path(lambda p, x: jaxseq.unroll(cell, p, x, kernel="xla",
+  # remat runs the fused path chunk by chunk; "reference" the checkpointed scan.
+  assert _uses_fused_path(lambda p, x: jaxseq.unroll(cell, p, x, kernel="xla", remat=True),
+                          params, xs)
+  assert not _uses_fused_path(lambda p, x: jaxseq.unroll(cell, p, x, kernel="reference",
                                                          remat=True), params, xs)
 
 
