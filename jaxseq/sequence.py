@@ -108,52 +108,32 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
                      f"dtypes ({', '.join(str(jnp.result_type(l)) for l in jax.tree.leaves(carry))})",
                      TypeError)
 
-  run = _kernel_run(cell.kernel, recur, kernel, chunk)
-  if run is not None:
-    if chunk is not None and lengths is None and num_steps % chunk:
-      lengths = jnp.full(batch_shape, num_steps, jnp.int32)   # masks the padded last chunk
-    carry, ys = _run_kernel(run, project, params, carry, xs, lengths, reverse, unroll)
-  else:
-    carry, ys = _scan(project, recur, params, carry, xs, lengths, reverse, unroll, chunk)
+  run = _kernel_run(cell.kernel, recur, kernel) or reference_run(recur)
+  if chunk is not None and lengths is None and num_steps % chunk:
+    lengths = jnp.full(batch_shape, num_steps, jnp.int32)   # masks the padded last chunk
+  carry, ys = _run(run, project, params, carry, xs, lengths, reverse, unroll, chunk)
   ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys)
   return ys, carry
 
 
-def _kernel_run(cell_kernel: Kernel | None, recur: Any, kernel: str, chunk: int | None):
+def _kernel_run(cell_kernel: Kernel | None, recur: Any, kernel: str):
   """The ``run`` of the whole-sequence kernel that ``kernel`` selects, or ``None`` for the
-  scan. A kernel runs only for the recurrence it is bound to (the cell's ``recur`` itself);
-  under ``remat`` it runs chunk by chunk, each chunk checkpointed (``chunked``)."""
+  reference scan. A kernel runs only for the recurrence it is bound to (the cell's
+  ``recur`` itself)."""
   if (kernel == "reference" or cell_kernel is None or cell_kernel.recur is not recur):
     return None
   if kernel == "xla" and cell_kernel.name != "xla":
     return None
-  return cell_kernel.run if chunk is None else chunked(cell_kernel.run, chunk)
+  return cell_kernel.run
 
 
-@functools.lru_cache(maxsize=64)   # one function per (run, chunk): jit's static cache hits
-def chunked(run: Callable[..., Any], chunk: int) -> Callable[..., Any]:
-  """A whole-sequence ``run(params, carry, gxs, lengths, reverse, unroll)`` applied to
-  ``chunk`` steps at a time under ``jax.checkpoint``: the backward pass keeps only the
-  carries at chunk boundaries and recomputes each chunk's forward (memory ~ T/chunk carries
-  plus one chunk's residuals). A padded last chunk is masked through ``lengths``."""
-  def run_chunked(params, carry, gxs, lengths, reverse, unroll):
-    num_steps = jax.tree.leaves(gxs)[0].shape[0]
-    total = -(-num_steps // chunk) * chunk
-    if total != num_steps:
-      gxs = jax.tree.map(lambda g: jnp.concatenate(
-          [g, jnp.zeros((total - num_steps,) + g.shape[1:], g.dtype)]), gxs)
-    split = lambda a: a.reshape((total // chunk, chunk) + a.shape[1:])
-
-    @jax.checkpoint
-    def body(carry, inputs):
-      start, gx = inputs
-      limit = None if lengths is None else jnp.clip(lengths - start, 0, chunk)
-      return run(params, carry, gx, limit, reverse, unroll)
-
-    starts = jnp.arange(0, total, chunk)
-    carry, ys = lax.scan(body, carry, (starts, jax.tree.map(split, gxs)), reverse=reverse)
-    return carry, jax.tree.map(lambda y: y.reshape((total,) + y.shape[2:])[:num_steps], ys)
-  return run_chunked
+@functools.lru_cache(maxsize=256)   # one function per recur: jit's static cache hits
+def reference_run(recur: Callable[..., Any]) -> Callable[..., Any]:
+  """The reference whole-sequence ``run(params, carry, gxs, lengths, reverse, unroll)`` of
+  a recurrent half: ``scan_recur`` of ``recur``, differentiated by JAX."""
+  def run(params, carry, gxs, lengths, reverse, unroll):
+    return scan_recur(recur, params, carry, gxs, lengths, reverse, unroll)
+  return run
 
 
 def _masked_inputs(xs: jax.Array, lengths: jax.Array | None) -> jax.Array:
@@ -165,10 +145,40 @@ def _masked_inputs(xs: jax.Array, lengths: jax.Array | None) -> jax.Array:
   return jnp.where(_broadcast_to_leaf(valid, xs), xs, 0)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 6, 7))
-def _run_kernel(run, project, params, carry, xs, lengths, reverse, unroll):
-  return run(params, carry, project(params, _masked_inputs(xs, lengths)), lengths, reverse,
-             unroll)
+@functools.partial(jax.jit, static_argnums=(0, 1, 6, 7, 8))
+def _run(run, project, params, carry, xs, lengths, reverse, unroll, chunk):
+  """``project`` over all steps then ``run``; with a ``chunk`` length, both chunk by chunk
+  under ``jax.checkpoint`` (``chunked``). Jitted with the functions static, so eager calls
+  reuse the compiled sequence instead of re-tracing it (inside an outer jit it is inlined)."""
+  if chunk is None:
+    return run(params, carry, project(params, _masked_inputs(xs, lengths)), lengths,
+               reverse, unroll)
+  return chunked(run, project, chunk, params, carry, xs, lengths, reverse, unroll)
+
+
+def chunked(run, project, chunk, params, carry, xs, lengths, reverse, unroll):
+  """Checkpointed BPTT: ``project`` then ``run`` over ``chunk`` steps at a time, each chunk
+  under ``jax.checkpoint``. The backward pass keeps only the carries at chunk boundaries
+  and recomputes one chunk's input projection and recurrence at a time, so its memory is
+  ~T/chunk carries plus one chunk's residuals (the (T, *batch, gates) input projection of
+  the whole sequence is never stored). A padded last chunk is masked through ``lengths``."""
+  num_steps = xs.shape[0]
+  total = -(-num_steps // chunk) * chunk
+  if total != num_steps:
+    xs = jnp.concatenate([xs, jnp.zeros((total - num_steps,) + xs.shape[1:], xs.dtype)])
+    assert lengths is not None, "unroll passes lengths that mask the padded last chunk"
+
+  @jax.checkpoint
+  def body(carry, inputs):
+    start, x = inputs
+    limit = None if lengths is None else jnp.clip(lengths - start, 0, chunk)
+    return run(params, carry, project(params, _masked_inputs(x, limit)), limit, reverse,
+               unroll)
+
+  starts = jnp.arange(0, total, chunk)
+  split = xs.reshape((total // chunk, chunk) + xs.shape[1:])
+  carry, ys = lax.scan(body, carry, (starts, split), reverse=reverse)
+  return carry, jax.tree.map(lambda y: y.reshape((total,) + y.shape[2:])[:num_steps], ys)
 
 
 def _chunk_length(remat: bool | int, num_steps: int) -> int | None:
@@ -184,56 +194,24 @@ def _broadcast_to_leaf(mask: jax.Array, leaf: jax.Array) -> jax.Array:
   return mask.reshape(mask.shape + (1,) * (leaf.ndim - mask.ndim))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 6, 7, 8))
-def _scan(project, recur, params, carry, xs, lengths, reverse, unroll, chunk):
-  # jit with the halves as static arguments: eager calls reuse the compiled scan instead of
-  # re-tracing it every time (inside an outer jit this is simply inlined).
-  gxs = project(params, _masked_inputs(xs, lengths))
-  return scan_recur(recur, params, carry, gxs, lengths, reverse, unroll, chunk)
-
-
-def scan_recur(recur, params, carry, gxs, lengths=None, reverse=False, unroll=1, chunk=None):
+def scan_recur(recur, params, carry, gxs, lengths=None, reverse=False, unroll=1):
   """The reference whole-sequence run of a recurrent half: ``lax.scan`` of ``recur`` over
-  the time-major ``gxs``; steps at or past ``lengths`` keep the carry and output zeros;
-  ``chunk``: gradient checkpointing every ``chunk`` steps. Returns ``(carry, ys)``."""
-  num_steps = jax.tree.leaves(gxs)[0].shape[0]
-  total = num_steps if chunk is None else -(-num_steps // chunk) * chunk
-  limit = lengths
-  if total != num_steps:  # pad to whole chunks; padded steps are masked out
-    gxs = jax.tree.map(
-        lambda g: jnp.concatenate([g, jnp.zeros((total - num_steps,) + g.shape[1:], g.dtype)]),
-        gxs)
-    limit = num_steps if lengths is None else lengths
-
+  the time-major ``gxs``; steps at or past ``lengths`` keep the carry and output zeros.
+  Returns ``(carry, ys)``."""
   def body(carry, inputs):
     t, gx_t = inputs
-    if limit is None:
+    if lengths is None:
       return recur(params, carry, gx_t)
-    valid = jnp.asarray(t < limit)
+    valid = jnp.asarray(t < lengths)
     new_carry, y = recur(params, carry, gx_t)
     keep = lambda new, old: jnp.where(_broadcast_to_leaf(valid, new), new, old)
     # Outputs are masked once after the loop, outside the scan and its backward pass.
     return jax.tree.map(keep, new_carry, carry), y
 
-  def mask_outputs(ys):
-    if lengths is None:
-      return ys
-    valid = jnp.arange(num_steps).reshape((-1,) + (1,) * lengths.ndim) < lengths
-    return jax.tree.map(lambda y: jnp.where(_broadcast_to_leaf(valid, y), y, 0), ys)
-
-  ts = jnp.arange(total)
-  if chunk is None:
-    carry, ys = lax.scan(body, carry, (ts, gxs), reverse=reverse, unroll=unroll)
-    return carry, mask_outputs(ys)
-
-  num_chunks = total // chunk
-  split = lambda a: a.reshape((num_chunks, chunk) + a.shape[1:])
-
-  @jax.checkpoint
-  def chunk_body(carry, inputs):
-    return lax.scan(body, carry, inputs, reverse=reverse, unroll=unroll)
-
-  carry, ys = lax.scan(chunk_body, carry, (split(ts), jax.tree.map(split, gxs)),
-                       reverse=reverse)
-  ys = jax.tree.map(lambda y: y.reshape((total,) + y.shape[2:])[:num_steps], ys)
-  return carry, mask_outputs(ys)
+  num_steps = jax.tree.leaves(gxs)[0].shape[0]
+  carry, ys = lax.scan(body, carry, (jnp.arange(num_steps), gxs), reverse=reverse,
+                       unroll=unroll)
+  if lengths is None:
+    return carry, ys
+  valid = jnp.arange(num_steps).reshape((-1,) + (1,) * lengths.ndim) < lengths
+  return carry, jax.tree.map(lambda y: jnp.where(_broadcast_to_leaf(valid, y), y, 0), ys)
