@@ -55,7 +55,10 @@ def choice(argument: str, value: Any, choices: Sequence[Any]) -> Any:
 
 
 def float_array(argument: str, x: Any) -> jax.Array:
-  """Returns ``x`` as a JAX array, insisting on a floating dtype."""
+  """Returns ``x`` as a JAX array, insisting on a floating dtype, which it keeps: a float16
+  or bfloat16 array stays one. What it is computed in is the callee's rule: a cell's
+  ``dtype`` (``jnp.float16`` and ``jnp.bfloat16`` alike), else JAX's promotion with the
+  params (a float16 input to float32 params gives float32, as ``x @ w`` does)."""
   if not hasattr(x, "shape") or not hasattr(x, "dtype"):
     if isinstance(x, (list, tuple, float, int)) and not isinstance(x, bool):
       x = np.asarray(x)
@@ -88,6 +91,9 @@ def _expected_params(init, input_size):
 def _same_shapes(a: Any, b: Any) -> bool:
   return (jax.tree.structure(a) == jax.tree.structure(b)
           and _shape_tree(a) == _shape_tree(b))
+
+
+same_shapes = _same_shapes
 
 
 def cell_params(cell, params: Any, input_shape: Any) -> None:

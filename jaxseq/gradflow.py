@@ -214,8 +214,24 @@ def norm_ratios(norms: Any, *, log: bool = False) -> Any:
   Returns:
     ``norms[..., :-1] / norms[..., 1:]``, shaped ``(..., T - 1)``, with the same structure;
     with ``log=True`` ``norms[..., :-1] - norms[..., 1:]`` (log-ratios, finite wherever both
-    log-norms are, however far they are below the dtype's range). A zero norm (padding,
-    underflow; ``-inf`` in log space) gives ``inf`` or ``nan`` there.
+    log-norms are, however far they are below the dtype's range).
+
+  Zero norms (padded steps, steps the loss does not reach, underflow; ``-inf`` log-norms)
+  give the limits of the ratio, and ``log=True`` gives exactly their logs:
+
+  * ``norms[t] == 0 < norms[t+1]``: ratio 0, log-ratio ``-inf`` (the gradient vanished);
+  * ``norms[t] > 0 == norms[t+1]``: ratio ``inf``, log-ratio ``inf``;
+  * ``norms[t] == norms[t+1] == 0``: ``nan`` in both.
+
+  ``0 / 0`` is ``nan`` on purpose: no gradient reached either step, so there is no
+  contraction factor to report (0 would read as a vanished gradient, 1 as a neutral step,
+  and either would bias a mean); ``np.nanmean`` and plots skip it. ``inf / inf`` (both
+  overflowed) is ``nan`` likewise.
+
+  Raises:
+    ValueError: a negative norm with ``log=False`` (checked when ``norms`` are concrete):
+      norms are never negative, and log-norms given without ``log=True`` would give
+      meaningless ratios.
   """
   if not isinstance(log, bool):
     _checks.fail("log", "a bool", repr(log), TypeError)
@@ -229,12 +245,18 @@ def norm_ratios(norms: Any, *, log: bool = False) -> Any:
     if not hasattr(n, "shape"):
       _checks.fail("norms", "an array (..., T) or a pytree of them", type(n).__name__,
                    TypeError)
+    if not log and not isinstance(n, jax.core.Tracer):
+      lowest = np.nanmin(np.asarray(n), initial=0.0)
+      if lowest < 0:
+        _checks.fail("norms", "non-negative norms (pass log=True for grad_norms(..., "
+                     "log=True)'s log-norms)", f"values down to {lowest}")
     n = jnp.asarray(n)
     if n.ndim == 0 or n.shape[-1] < 2:
       _checks.fail("norms", "arrays (..., T) with T >= 2 steps", f"shape {tuple(n.shape)}")
     if not jnp.issubdtype(n.dtype, jnp.floating):
       n = n.astype(jnp.float32)
     if log:
+      # -inf - -inf is nan in IEEE arithmetic, as 0 / 0 is: the two agree everywhere.
       return n[..., :-1] - n[..., 1:]
     return n[..., :-1] / n[..., 1:]
 

@@ -116,6 +116,28 @@ def _output_features(apply, params: Any, xs_shape: tuple[int, ...], argument: st
   return tuple(ys.shape[2:])
 
 
+def _known_output_size(layer: Layer) -> int | None:
+  """The size of the last axis of ``layer``'s outputs when it is known without an input (a
+  recurrent layer over a cell whose spec states its ``output_size``, and combinators of
+  such layers), else ``None`` (a hand-made cell, a callable merge: ``_output_features``
+  then infers it from the input)."""
+  spec = layer.spec
+  if isinstance(spec, specs.RecurrentSpec):
+    cell_spec = spec.cell.spec
+    return cell_spec.output_size if isinstance(cell_spec, specs.CellSpec) else None
+  if isinstance(spec, specs.StackSpec):
+    return _known_output_size(spec.layers[-1])
+  if isinstance(spec, specs.FlippedSpec):
+    return _known_output_size(spec.layer)
+  if isinstance(spec, specs.BidirectionalSpec):
+    fw, bw = _known_output_size(spec.forward), _known_output_size(spec.backward)
+    if spec.merge == "concat":
+      return None if fw is None or bw is None else fw + bw
+    if spec.merge in ("sum", "mean", "mul"):
+      return fw if fw is not None else bw
+  return None
+
+
 def _sequence_output_shape(init, apply, time_major: bool = False):
   """``output_shape`` of a sequence layer: ``(T, *features)`` in, ``(T, *out)`` out."""
   def output_shape(input_shape):
@@ -280,6 +302,8 @@ def bidirectional(fw: LayerLike, bw: LayerLike | None = None,
       second, independently initialised copy of ``fw``.
     merge: how the two output sequences combine: ``"concat"`` (feature axis), ``"sum"``,
       ``"mean"``, ``"mul"``, a callable ``merge(ys_fw, ys_bw)``, or ``None`` for the pair.
+      ``"sum"``, ``"mean"`` and ``"mul"`` need outputs of one size: a mismatch fails here
+      when the cells' specs state both sizes, else at ``init``/``apply``.
 
   With ``lengths`` the backward direction runs over each sequence's valid part only,
   from its last valid step, and outputs stay aligned with inputs (as PyTorch's
@@ -298,6 +322,13 @@ def _bidirectional(fw: Layer, bw: Layer, merge) -> Layer:
     merge_fn = merge or (lambda a, b: (a, b))
   else:
     merge_fn = MERGES[_checks.choice("merge", merge, list(MERGES) + [None])]
+  if merge in ("sum", "mean", "mul"):
+    # Known now (the cells' specs state their output sizes): fail at build, not at init.
+    sizes = _known_output_size(fw), _known_output_size(bw)
+    if None not in sizes and sizes[0] != sizes[1]:
+      _checks.fail("merge", f"{merge!r} of two directions with outputs of one feature size "
+                   "(or merge='concat')", f"forward output size {sizes[0]} and backward "
+                   f"output size {sizes[1]}")
 
   def init(key: jax.Array, input_size: Any) -> dict:
     key_fw, key_bw = jax.random.split(key)
@@ -314,6 +345,7 @@ def _bidirectional(fw: Layer, bw: Layer, merge) -> Layer:
                            key=key_fw)
     ys_bw, c_bw = bw.apply(params["backward"], xs, lengths=lengths, carry=carry["backward"],
                            key=key_bw)
+    # Sizes that need the input (hand-made cells, callable merges inside) are compared here.
     if merge in ("sum", "mean", "mul") and jnp.shape(ys_fw) != jnp.shape(ys_bw):
       _checks.fail("merge", f"{merge!r} of two directions with outputs of one shape (or "
                    "merge='concat')", f"forward outputs {tuple(jnp.shape(ys_fw))} and "

@@ -1,6 +1,7 @@
 """The ``Cell`` record and what every dense cell shares."""
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol
@@ -129,11 +130,22 @@ def split_cell(init: InitFn, initialize_carry: InitializeCarryFn, project: Proje
                recur: RecurFn, spec: Any,
                check: Callable[[Params, Carry, jax.Array], None] | None = None,
                kernel: Kernel | None = None) -> Cell:
-  """A ``Cell`` from its halves; ``step`` checks its inputs (``check``) then composes them."""
+  """A ``Cell`` from its halves; ``step`` composes them.
+
+  With ``check`` (``check(params, carry, x_t)``, the cell's checks of one step's input),
+  ``step`` first runs it, then ``check_carry`` against the unchecked step: the carry must be
+  this cell's carry for ``x_t`` in structure, shapes and dtypes, as ``unroll`` demands.
+  """
+  name = getattr(spec, "name", "cell")
+
+  def unchecked_step(params: Params, carry: Carry, x_t: jax.Array):
+    return recur(params, carry, project(params, x_t))
+
   def step(params: Params, carry: Carry, x_t: jax.Array):
     if check is not None:
       check(params, carry, x_t)
-    return recur(params, carry, project(params, x_t))
+      check_carry(name, initialize_carry, params, carry, x_t, step=unchecked_step)
+    return unchecked_step(params, carry, x_t)
   return Cell(init, initialize_carry, step, spec, project, recur, kernel)
 
 
@@ -239,22 +251,81 @@ def check_input(name: str, w_ih: jax.Array, x_t: Any) -> None:
 
 
 def check_carry(name: str, initialize_carry: InitializeCarryFn, params: Params, carry: Any,
-                x_t: jax.Array) -> None:
-  """A step's carry must have exactly the zero carry's structure and shapes for ``x_t``:
-  broadcasting a carry of another batch shape would silently give a wrong answer."""
-  expected = jax.eval_shape(lambda p: initialize_carry(p, tuple(x_t.shape)), params)
-  got_shapes = jax.tree.map(lambda a: tuple(np.shape(a)), carry)
-  want_shapes = jax.tree.map(lambda a: tuple(a.shape), expected)
-  if (jax.tree.structure(carry) != jax.tree.structure(expected) or got_shapes != want_shapes):
+                x_t: jax.Array, step: StepFn | None = None) -> None:
+  """A step's carry must be this cell's carry for ``x_t``.
+
+  Its structure and shapes must be exactly the zero carry's: broadcasting a carry of another
+  batch shape would silently give a wrong answer. Given the cell's unchecked ``step``, its
+  dtypes must not change the arithmetic: the step must return from it the dtypes it returns
+  from the zero carry, and each leaf must be in the zero carry's dtype, the returned one
+  (they differ where the input widens the arithmetic, a float64 ``x_t`` on float32 params)
+  or a wider float that the step casts down (a float32 carry into a bfloat16 cell, Flax's
+  convention). So a float64 carry, which would turn a float32 cell into a float64 one, and
+  a float16 or integer carry, which would mix into its arithmetic, fail here (``TypeError``),
+  as ``unroll`` refuses them. One ``eval_shape`` traces the zero carry and the steps,
+  once per abstract signature (``_step_carries``).
+  """
+  def abstract(argument, tree):
+    def leaf_struct(leaf):
+      try:
+        return jax.ShapeDtypeStruct(np.shape(leaf), jnp.result_type(leaf))
+      except TypeError:
+        _checks.fail(argument, "a pytree of arrays", f"a leaf of type {type(leaf).__name__}",
+                     TypeError)
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple(leaf_struct(leaf) for leaf in leaves)
+
+  carry_structs = abstract("carry", carry)
+  given = jax.tree.unflatten(*carry_structs)
+  expected, returned, from_given = _step_carries(
+      initialize_carry, step, abstract("params", params),
+      jax.ShapeDtypeStruct(tuple(x_t.shape), x_t.dtype), carry_structs)
+  if not _checks.same_shapes(given, expected):
     _checks.fail("carry", f"the {name} carry for x_t of shape {tuple(x_t.shape)}, shaped "
                  f"{_checks.describe(expected)}", _checks.describe(carry))
+  if step is None:
+    return
+  dtypes = lambda tree: [leaf.dtype for leaf in jax.tree.leaves(tree)]
+  got, outs = dtypes(given), dtypes(returned)
+  # A wider float is fine where the step casts it down to what it returns anyway.
+  fits = lambda g, z, o: g in (z, o) or jnp.promote_types(g, o) == g
+  if (from_given is None or dtypes(from_given) != outs
+      or not all(fits(g, z, o) for g, z, o in zip(got, dtypes(expected), outs))):
+    _checks.fail("carry", f"the {name} carry in the dtypes its step returns for x_t of dtype "
+                 f"{x_t.dtype} ({', '.join(map(str, outs))})",
+                 f"dtypes ({', '.join(map(str, got))})", TypeError)
+
+
+@functools.lru_cache(maxsize=256)
+def _step_carries(initialize_carry, step, params, x_t, carry):
+  """``check_carry``'s one ``eval_shape``, cached on the abstract arguments (so an eager loop
+  of steps traces it once): the zero carry for ``x_t``, the carry ``step`` returns from it
+  and the one it returns from ``carry`` (``None`` where that carry has other shapes or a
+  non-float leaf). ``params`` and ``carry`` are ``(treedef, leaf structs)`` pairs."""
+  def carries(p, x, c):
+    zero = initialize_carry(p, tuple(x.shape))
+    if step is None:
+      return zero, None, None
+    returned = step(p, zero, x)[0]
+    if not _checks.same_shapes(c, zero) or not all(
+        jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in jax.tree.leaves(c)):
+      return zero, returned, None
+    if all(a.dtype == b.dtype for a, b in zip(jax.tree.leaves(c), jax.tree.leaves(zero))):
+      return zero, returned, returned  # the usual case: one trace of the step
+    return zero, returned, step(p, c, x)[0]
+
+  unflatten = lambda pair: jax.tree.unflatten(pair[0], pair[1])
+  return jax.eval_shape(carries, unflatten(params), x_t, unflatten(carry))
 
 
 def dense_check(name: str, initialize_carry: InitializeCarryFn):
-  """``split_cell``'s ``check`` for dense cells: the input, then the carry."""
+  """``split_cell``'s ``check`` for dense cells: the step input (``split_cell`` then checks
+  the carry). ``initialize_carry`` is unused, kept for the factories that pass it."""
+  del initialize_carry
+
   def check(params: Params, carry: Carry, x_t: jax.Array) -> None:
+    del carry
     check_input(name, params["w_ih"], x_t)
-    check_carry(name, initialize_carry, params, carry, x_t)
   return check
 
 
