@@ -17,9 +17,12 @@ from ``init``'s input shape. Training samples fresh sequences every step
 (Adam); the test set is 256 held-out sequences. Predictions are scored by mean squared
 error against the true next frames from the third frame on (the velocity is unknown before
 two frames have been seen), next to the copy-the-last-frame baseline; a grid of true and
-predicted frames is saved to ``examples/out/convlstm_moving_squares.png``.
+predicted frames is saved to ``OUT/convlstm_moving_squares.png`` (``--out``, default
+``examples/out``).
 
     python examples/convlstm_moving_squares.py    # test MSE ~0.024 vs 0.076; ~2 min, 2 CPU cores
+    python examples/convlstm_moving_squares.py --steps 2 --features 2 --frames 4 \
+        --test-size 8 --out /tmp/convlstm       # tiny settings, a smoke test
 """
 import argparse
 import os
@@ -63,18 +66,21 @@ def moving_squares(rng: np.random.Generator, num: int, num_frames: int) -> np.nd
   return frames
 
 
-def main():
+def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--batch-size", type=int, default=16)
   parser.add_argument("--frames", type=int, default=10)
   parser.add_argument("--features", type=int, default=16)
   parser.add_argument("--lr", type=float, default=5e-3)
+  parser.add_argument("--test-size", type=int, default=256, help="held-out sequences")
   parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args()
+  parser.add_argument("--out", default=OUT, help="folder for the frame grid")
+  args = parser.parse_args(argv)
   start = time.perf_counter()
   rng = np.random.default_rng(args.seed)
-  test = jnp.asarray(moving_squares(np.random.default_rng(args.seed + 1), 256, args.frames))
+  test = jnp.asarray(moving_squares(np.random.default_rng(args.seed + 1), args.test_size,
+                                     args.frames))
 
   # The ConvLSTM core and a 1x1 convolution read out at every step, as one model.
   model = nn.serial(
@@ -106,7 +112,8 @@ def main():
   def predict(params, frames):
     return jax.nn.sigmoid(logits(params, frames))
 
-  bar = tqdm(range(args.steps), desc="train", unit="step")
+  bar = tqdm(range(args.steps), desc="train", unit="step",
+             disable=None)   # None: no bar when stderr is not a terminal
   for step in bar:
     frames = jnp.asarray(moving_squares(rng, args.batch_size, args.frames))
     params, opt_state, loss = train_step(params, opt_state, frames)
@@ -120,9 +127,10 @@ def main():
   print(f"test MSE (frames 3..{args.frames}): ConvLSTM {mse:.5f}, "
         f"copy-last-frame baseline {copy_mse:.5f} ({copy_mse / mse:.1f}x higher)")
 
-  os.makedirs(OUT, exist_ok=True)
-  shown = 3
-  fig, axes = plt.subplots(2 * shown, args.frames - 2, figsize=(args.frames - 2, 2 * shown))
+  os.makedirs(args.out, exist_ok=True)
+  shown = min(3, args.test_size)
+  fig, axes = plt.subplots(2 * shown, args.frames - 2, figsize=(args.frames - 2, 2 * shown),
+                           squeeze=False)
   for n in range(shown):
     for t in range(args.frames - 2):
       for row, image, label in ((2 * n, truth[n, t], "true"),
@@ -137,9 +145,12 @@ def main():
   fig.suptitle(f"ConvLSTM next-frame prediction: test MSE {mse:.4f} "
                f"(copy-last-frame {copy_mse:.4f})", fontsize=9)
   fig.tight_layout()
-  path = os.path.join(OUT, "convlstm_moving_squares.png")
+  path = os.path.join(args.out, "convlstm_moving_squares.png")
   fig.savefig(path, dpi=100)
-  print(f"saved {path}; {time.perf_counter() - start:.0f} s in all")
+  plt.close(fig)
+  seconds = time.perf_counter() - start
+  print(f"saved {path}; {seconds:.0f} s in all")
+  return {"mse": mse, "copy_mse": copy_mse, "seconds": seconds}
 
 
 if __name__ == "__main__":
