@@ -49,15 +49,17 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
       ``ceil(sqrt(T))`` steps, so backward memory is O(sqrt(T)) carries instead of O(T)
       at the cost of one extra forward pass; an int: that chunk length.
     kernel: which implementation runs the recurrent half, chosen here in Python before
-      tracing (``jaxseq.kernels``). ``"auto"`` (default): the cell's own ``Kernel`` when it
-      has one bound to its ``recur`` (every dense built-in cell has the fused XLA path, on
-      every backend), else the scan. ``"xla"``: the cell's kernel written in JAX
-      (``Kernel.name == "xla"``, such as the fused XLA path) where it has one, else the
-      scan. ``"reference"``: always the ``lax.scan`` of ``recur``, differentiated by JAX.
-      A wrapped cell whose recurrence changed (recurrent dropout, ``gradflow``) and
-      ``remat`` always run the scan, so no path drops a wrapper's change. ``"cudnn"`` and
-      ``"pallas"`` are not available in this build (``ValueError``);
-      ``jaxseq.kernels.available()`` lists what this machine runs.
+      tracing (``jaxseq.kernels``). ``"auto"`` (default): on a CUDA/ROCm GPU the cuDNN
+      LSTM where it applies (plain float32 LSTM, no ``remat``, not under ``vmap``), else
+      the cell's own ``Kernel`` bound to its ``recur`` (every dense and conv built-in cell
+      has the fused XLA path, on every backend), else the scan. ``"xla"``: the cell's
+      kernel written in JAX (``Kernel.name == "xla"``) where it has one, else the scan.
+      ``"cudnn"``/``"pallas"``: that path, or a ``ValueError`` saying why it cannot run
+      this cell. ``"reference"``: always the ``lax.scan`` of ``recur``, differentiated by
+      JAX. A wrapped cell whose recurrence changed (recurrent dropout, ``gradflow``) runs
+      the scan whatever the option, so no path drops a wrapper's change. Under ``remat``
+      kernels run chunk by chunk (cuDNN excepted). ``jaxseq.kernels.available()`` lists
+      what this machine runs.
 
   Returns:
     ``(ys, carry)``: the outputs ``(*batch, T, *out_features)`` and the final carry.
@@ -108,7 +110,16 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
                      f"dtypes ({', '.join(str(jnp.result_type(l)) for l in jax.tree.leaves(carry))})",
                      TypeError)
 
-  run = _kernel_run(cell.kernel, recur, kernel) or reference_run(recur)
+  bound = cell.kernel is not None and cell.kernel.recur is recur
+  if bound and kernel in ("auto", "cudnn"):
+    why = _cudnn_reason(cell, params, gx_0.dtype, chunk, carry, xs, lengths)
+    if why is None and (kernel == "cudnn" or kernels_lib.cudnn.available()):
+      carry, ys = kernels_lib.cudnn.unroll(cell.spec, params, carry, xs, lengths, reverse)
+      return jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys), carry
+    if kernel == "cudnn":
+      _checks.fail("kernel", "'cudnn' only for a recurrence cuDNN implements (the plain "
+                   "float32 LSTM, no remat, outside vmap)", f"'cudnn' where {why}")
+  run = (_kernel_run(cell, kernel) if bound else None) or reference_run(recur)
   if chunk is not None and lengths is None and num_steps % chunk:
     lengths = jnp.full(batch_shape, num_steps, jnp.int32)   # masks the padded last chunk
   carry, ys = _run(run, project, params, carry, xs, lengths, reverse, unroll, chunk)
@@ -116,15 +127,34 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
   return ys, carry
 
 
-def _kernel_run(cell_kernel: Kernel | None, recur: Any, kernel: str):
-  """The ``run`` of the whole-sequence kernel that ``kernel`` selects, or ``None`` for the
-  reference scan. A kernel runs only for the recurrence it is bound to (the cell's
-  ``recur`` itself)."""
-  if (kernel == "reference" or cell_kernel is None or cell_kernel.recur is not recur):
+def _kernel_run(cell: Cell, kernel: str):
+  """The whole-sequence ``run`` that ``kernel`` selects for a cell running its own
+  recurrence, or ``None`` for the reference scan."""
+  if kernel == "pallas":
+    why = kernels_lib.pallas.reason(cell)
+    if why is not None:
+      _checks.fail("kernel", "'pallas' only for a recurrence it implements (the plain "
+                   "LSTM, the GRU)", f"'pallas' where {why}")
+    return kernels_lib.pallas.run_for(cell)
+  if kernel == "reference" or (kernel == "xla" and cell.kernel.name != "xla"):
     return None
-  if kernel == "xla" and cell_kernel.name != "xla":
-    return None
-  return cell_kernel.run
+  return cell.kernel.run
+
+
+def _cudnn_reason(cell: Cell, params: Any, dtype: Any, chunk: int | None, carry: Any,
+                  xs: jax.Array, lengths: Any) -> str | None:
+  """Why the cuDNN LSTM cannot run this call (the cell is known to run its own
+  recurrence), or ``None``; decided in Python, before anything is traced."""
+  if chunk is not None:
+    return "remat is on (cuDNN's LSTM has no checkpointed version)"
+  if any(isinstance(leaf, jax.core.Tracer) and "Batch" in type(leaf).__name__
+         for leaf in jax.tree.leaves((params, carry, xs, lengths))):
+    return "the call is inside jax.vmap (the cuDNN op has no batching rule)"
+  for name, tree in (("xs", xs), ("carry", carry)):
+    for leaf in jax.tree.leaves(tree):
+      if jnp.result_type(leaf) != jnp.float32:
+        return f"jax.experimental.rnn is float32 only ({name} is {jnp.result_type(leaf)})"
+  return kernels_lib.cudnn.reason(cell, params, dtype)
 
 
 @functools.lru_cache(maxsize=256)   # one function per recur: jit's static cache hits

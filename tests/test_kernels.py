@@ -232,20 +232,96 @@ def test_bfloat16_compute_keeps_float32_cell_state():
 
 
 def test_available_and_unavailable_kernels():
-  assert jaxseq.kernels.available() == ("reference", "xla")
+  from jaxseq.kernels import pallas
+  assert jaxseq.kernels.available() == ("reference", "xla") + (
+      ("pallas",) if pallas.AVAILABLE else ())     # no cuDNN on a CPU backend
   cell = jaxseq.lstm(H)
   params = cell.init(KEY, D)
   xs = jnp.ones((B, T, D))
-  for name in ("cudnn", "pallas"):
-    with pytest.raises(ValueError, match=f"kernel: .*'{name}' is not available in this "
-                                         "build"):
-      jaxseq.unroll(cell, params, xs, kernel=name)
-    with pytest.raises(ValueError, match="not available in this build"):
-      jaxseq.recurrent(cell, kernel=name)
+  with pytest.raises(ValueError, match="kernel: .*'cudnn' is not available on this machine: "
+                                       "the cuDNN/MIOpen LSTM needs a CUDA or ROCm GPU"):
+    jaxseq.unroll(cell, params, xs, kernel="cudnn")
+  with pytest.raises(ValueError, match="'cudnn' is not available on this machine"):
+    jaxseq.recurrent(cell, kernel="cudnn")
   with pytest.raises(ValueError, match="kernel: expected one of 'auto'.*got 'fast'"):
     jaxseq.unroll(cell, params, xs, kernel="fast")
   with pytest.raises(TypeError, match="kernel: expected one of"):
     jaxseq.recurrent(cell, kernel=None)
+
+
+# A GPU is faked for the cuDNN dispatch: ``available()`` says yes and the op is the
+# ``rnn.lstm_ref`` stand-in of tests/test_kernels_cudnn.py, which counts its calls.
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+  from jaxseq.kernels import cudnn
+  from test_kernels_cudnn import StandIn   # tests/ is on sys.path under pytest
+  op = StandIn()
+  monkeypatch.setattr(cudnn, "_LSTM", op)
+  monkeypatch.setattr(cudnn, "available", lambda: True)
+  return op
+
+
+def test_auto_takes_cudnn_on_a_gpu_only_where_it_applies(fake_gpu):
+  cell = jaxseq.lstm(H, forget_bias=1.0)
+  params = cell.init(KEY, D)
+  xs = jax.random.normal(KEY, (B, T, D))
+  lengths = jnp.array([T, 0, 2])
+  calls = lambda: len(fake_gpu.seq_lengths)
+  for kernel in ("auto", "cudnn"):
+    before = calls()
+    got = jax.block_until_ready(jaxseq.unroll(cell, params, xs, lengths=lengths,
+                                              reverse=True, kernel=kernel))
+    assert calls() > before
+    _assert_trees_close(got, jaxseq.unroll(cell, params, xs, lengths=lengths, reverse=True,
+                                           kernel="reference"), 1e-5)
+  # Where cuDNN does not apply, auto takes the fused path and asking for it is an error.
+  peephole = jaxseq.lstm(H, peephole=True)
+  p_params = peephole.init(KEY, D)
+  dropout = jaxseq.recurrent(cell, recurrent_dropout=0.5, kernel="cudnn")
+  before = calls()
+  for run in (lambda: jaxseq.unroll(cell, params, xs, remat=True),
+              lambda: jaxseq.unroll(cell, params, xs.astype(jnp.bfloat16)),
+              lambda: jaxseq.unroll(peephole, p_params, xs),
+              lambda: jax.vmap(lambda x: jaxseq.unroll(cell, params, x))(xs[None]),
+              # a wrapper's change is kept: recurrent dropout runs the scan
+              lambda: dropout.apply(params, xs, key=KEY)):
+    jax.block_until_ready(run())
+  assert calls() == before
+  for run, why in ((lambda: jaxseq.unroll(cell, params, xs, remat=True, kernel="cudnn"),
+                    "remat"),
+                   (lambda: jaxseq.unroll(peephole, p_params, xs, kernel="cudnn"),
+                    "no peepholes"),
+                   (lambda: jax.vmap(lambda x: jaxseq.unroll(cell, params, x,
+                                                             kernel="cudnn"))(xs[None]),
+                    "vmap")):
+    with pytest.raises(ValueError, match=f"kernel: expected 'cudnn' only for .*{why}"):
+      run()
+
+
+def test_pallas_runs_only_where_asked_and_for_its_own_recurrence():
+  from jaxseq.kernels import pallas
+  if not pallas.AVAILABLE:
+    pytest.skip("no Pallas in this JAX")
+  cell = jaxseq.gru(H, reset_after=False)
+  params = cell.init(KEY, D)
+  xs = jax.random.normal(KEY, (B, T, D))
+  lengths = jnp.array([T, 0, 3])
+  uses = lambda fn: "pallas_call" in str(jax.make_jaxpr(fn)(params))
+  run = lambda kernel, **o: lambda p: jaxseq.unroll(cell, p, xs, lengths=lengths,
+                                                    kernel=kernel, **o)
+  assert uses(run("pallas")) and uses(run("pallas", remat=2))
+  assert not uses(run("auto")) and not uses(run("xla"))
+  layer = jaxseq.recurrent(cell, recurrent_dropout=0.3, kernel="pallas")
+  assert not uses(lambda p: layer.apply(p, xs, key=KEY))      # dropout: the scan
+  assert uses(lambda p: layer.apply(p, xs))                   # no key: no dropout
+  loss = lambda kernel: jax.grad(lambda p: jnp.sum(run(kernel)(p)[0] ** 2))(params)
+  _assert_trees_close(run("pallas")(params), run("reference")(params), 1e-5)
+  _assert_trees_close(loss("pallas"), loss("reference"), 1e-5)
+  with pytest.raises(ValueError, match="kernel: expected 'pallas' only for .*peephole"):
+    jaxseq.unroll(jaxseq.lstm(H, peephole=True), jaxseq.lstm(H, peephole=True).init(KEY, D),
+                  xs, kernel="pallas")
 
 
 def test_layers_thread_the_kernel_option():
