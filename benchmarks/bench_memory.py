@@ -86,7 +86,8 @@ def main(argv=None) -> None:
            f"Device: {jax.default_backend()} ({platform.machine()}), jax {jax.__version__}; "
            f"{time.strftime('%Y-%m-%d')}. LSTM B={B}, D=H={H}, T={T:,}, float32; each cell "
            "of the table is a fresh process. Regenerate with "
-           "`python benchmarks/bench_memory.py`.", "",
+           "`python benchmarks/bench_memory.py`. Times are one run each, not interleaved "
+           "with peers: indicative only (compare the memory columns).", "",
            "| kernel | remat | peak RSS forward | peak RSS forward+backward | added by the "
            "backward | XLA temp forward+backward | time forward+backward |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
