@@ -2,10 +2,11 @@
 
 The scripts are found by globbing ``examples/*.py``, so a new example cannot be forgotten:
 each needs an entry in ``TINY`` (its tiny command line, the files it must write under
-``--out`` and the metrics of ``main``'s dict that must be finite numbers), or in ``SKIP``
-with the reason. An example runs in this process (loaded with importlib, ``main(argv)``
-called) unless it sets the module-level constant ``RUN_IN_SUBPROCESS = True``, for instance
-because it sets ``XLA_FLAGS`` before importing jax; then it runs as
+``--out`` and the metrics of ``main``'s dict that must be finite numbers), in
+``COVERED_ELSEWHERE`` (the test that already runs it on tiny settings: not twice per suite),
+or in ``SKIP`` with the reason. An example runs in this process (loaded with importlib,
+``main(argv)`` called) unless it sets the module-level constant ``RUN_IN_SUBPROCESS = True``,
+for instance because it sets ``XLA_FLAGS`` before importing jax; then it runs as
 ``python examples/NAME.py ARGS`` and must exit 0. The constant is read from the source
 (``ast``), without importing the module.
 
@@ -47,7 +48,6 @@ TINY = {
          "--eval-chars", "400", "--sample-every", "2", "--sample-chars", "8", "--out", OUT],
         ("char_lm_pydoc.png", "char_lm_pydoc_samples.txt"),
         ("bpc", "train_bpc", "unigram_bpc", "unigram_held_out_bpc")),
-    "char_rnn_hello": Tiny(["--steps", "1", "--hidden", "2"], (), ("loss",)),
     "convlstm_moving_squares": Tiny(
         ["--steps", "1", "--batch-size", "1", "--frames", "4", "--features", "2",
          "--test-size", "2", "--out", OUT],
@@ -65,9 +65,10 @@ TINY = {
                               ("accuracy", "restored_accuracy", "loss")),
     "quickstart": Tiny(["--steps", "2", "--hidden", "2", "--batch-size", "4",
                         "--max-length", "4"], (), ("accuracy", "loss")),
-    "seq2seq_reverse": Tiny(["--steps", "2", "--hidden", "4", "--embed", "2", "--length", "2",
-                             "--test-size", "10", "--batch-size", "4"], (),
-                            ("accuracy", "loss")),
+}
+COVERED_ELSEWHERE = {   # example name: the test that runs it on tiny settings
+    "char_rnn_hello": "tests/test_generate.py::test_char_rnn_hello_example_runs_on_tiny_settings",
+    "seq2seq_reverse": "tests/test_seq2seq.py::test_reversal_example_runs_on_tiny_settings",
 }
 SKIP: dict[str, str] = {}   # example name: why it cannot run here
 
@@ -100,14 +101,25 @@ def load(name: str):
 
 
 def test_every_example_has_tiny_settings():
-  missing = [name for name in example_names() if name not in TINY and name not in SKIP]
+  missing = [name for name in example_names()
+             if name not in TINY and name not in COVERED_ELSEWHERE and name not in SKIP]
   assert not missing, (f"examples without tiny settings in tests/test_examples.py TINY "
-                       f"(or a reason in SKIP): {missing}")
+                       f"(or a test in COVERED_ELSEWHERE, or a reason in SKIP): {missing}")
 
 
 def test_tiny_settings_name_existing_examples():
-  stale = sorted((set(TINY) | set(SKIP)) - set(example_names()))
-  assert not stale, f"TINY/SKIP entries for examples that do not exist: {stale}"
+  stale = sorted((set(TINY) | set(COVERED_ELSEWHERE) | set(SKIP)) - set(example_names()))
+  assert not stale, f"TINY/COVERED_ELSEWHERE/SKIP entries for missing examples: {stale}"
+
+
+@pytest.mark.parametrize("name", sorted(COVERED_ELSEWHERE))
+def test_examples_covered_elsewhere_are_run_there(name):
+  path, function = COVERED_ELSEWHERE[name].split("::")
+  source = (EXAMPLES.parent / path).read_text(encoding="utf-8")
+  body = source.split(f"def {function}(", 1)
+  assert len(body) == 2, f"{COVERED_ELSEWHERE[name]} does not exist"
+  assert f'load_example("{name}").main(' in body[1].split("\ndef ", 1)[0], (
+      f"{COVERED_ELSEWHERE[name]} does not run {name}")
 
 
 def test_subprocess_marker_is_read_from_the_source(tmp_path):
@@ -125,6 +137,8 @@ def test_subprocess_marker_is_read_from_the_source(tmp_path):
 def test_example_runs_on_tiny_settings(name, tmp_path, capsys):
   if name in SKIP:
     pytest.skip(SKIP[name])
+  if name in COVERED_ELSEWHERE:
+    pytest.skip(f"run on tiny settings by {COVERED_ELSEWHERE[name]}")
   if name not in TINY:
     pytest.fail(f"{name}: no tiny settings in TINY (see test_every_example_has_tiny_settings)")
   tiny = TINY[name]
