@@ -17,7 +17,7 @@ from jax import lax
 
 from jaxseq import _checks
 from jaxseq import kernels as kernels_lib
-from jaxseq.cells.base import Cell, Kernel, halves
+from jaxseq.cells.base import Cell, halves
 
 
 def feature_ndim(cell: Cell) -> int:
