@@ -1,8 +1,11 @@
-"""Encoder–decoder models: ``seq2seq``, Luong attention, bridges, and the reversal example.
+"""Encoder–decoder models: ``seq2seq``, Luong and Bahdanau attention, bridges, and the
+reversal example.
 
-Oracles: Luong et al.'s (2015) attention equations written out in NumPy; the encoder run on
-its own (``layer.apply``) for the identity and dense bridges; a Python loop of the
-decoder's ``step`` against teacher forcing; the reversal task learnt to >= 99% exact match.
+Oracles: Luong et al.'s (2015) attention equations written out in NumPy; Bahdanau et al.'s
+(2015) decoder (attention from s_{t-1}, context fed into a GRU or LSTM step, readout of
+[h_t; c_t]) as a float64 NumPy loop; the encoder run on its own (``layer.apply``) for the
+identity and dense bridges; a Python loop of the decoder's ``step`` against teacher forcing
+and greedy generation; the reversal task learnt to >= 99% exact match.
 """
 import importlib.util
 import pathlib
@@ -12,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import optax
 
 import jaxseq
 from jaxseq.seq2seq import attend
@@ -95,6 +100,12 @@ CONFIGS = {
     "one_hot_zeros_concat": dict(encoder=lambda: jaxseq.gru(5), decoder=lambda: [
         jaxseq.gru(4), jaxseq.simple_rnn(3)], embed_size=None, bridge="zeros",
         attention="concat"),
+    "bi_dense_bahdanau": dict(encoder=lambda: jaxseq.bidirectional(jaxseq.gru(5)),
+                              decoder=lambda: jaxseq.stack(jaxseq.gru(4), jaxseq.lstm(6)),
+                              embed_size=4, bridge="auto", attention="bahdanau"),
+    "one_hot_zeros_bahdanau": dict(encoder=lambda: jaxseq.lstm(5),
+                                   decoder=lambda: jaxseq.gru(4), embed_size=None,
+                                   bridge="zeros", attention="bahdanau"),
 }
 
 
@@ -201,7 +212,10 @@ def test_bad_configurations_are_rejected_with_the_argument_named():
                    bridge="linear")
   with pytest.raises(ValueError, match="attention:"):
     jaxseq.seq2seq(jaxseq.gru(5), jaxseq.gru(4), source_vocab=3, target_vocab=3,
-                   attention="bahdanau")
+                   attention="additive")
+  with pytest.raises(ValueError, match="^decoder: expected a core without dropout"):
+    jaxseq.seq2seq(jaxseq.gru(5), jaxseq.recurrent(jaxseq.gru(4), recurrent_dropout=0.1),
+                   source_vocab=3, target_vocab=3, attention="bahdanau")
   with pytest.raises(ValueError, match="core:"):
     jaxseq.seq2seq(jaxseq.gru(5), jaxseq.bidirectional(jaxseq.gru(4)), source_vocab=3,
                    target_vocab=3)
@@ -210,6 +224,130 @@ def test_bad_configurations_are_rejected_with_the_argument_named():
     model.encode(params, jnp.array([[0, SRC_V]]))
   with pytest.raises(ValueError, match="carry:"):
     jaxseq.generate(model.decoder, params, jnp.array([0]), 3)
+
+
+# ----------------------------------------------------------------------------- Bahdanau
+
+
+def sigmoid(z):
+  return 1.0 / (1.0 + np.exp(-z))
+
+
+def numpy_cell_step(kind, p, state, x):
+  """jaxseq's GRU (reset-after) and LSTM equations, written out."""
+  if kind == "gru":
+    h = state
+    r_x, z_x, n_x = np.split(x @ p["w_ih"] + p["b"], 3)
+    r_h, z_h, n_h = np.split(h @ p["w_hh"], 3)
+    r, z = sigmoid(r_x + r_h), sigmoid(z_x + z_h)
+    n = np.tanh(n_x + r * (n_h + p["b_hn"]))
+    h = (1 - z) * n + z * h
+    return h, h
+  h, c = state
+  i, f, g, o = np.split(x @ p["w_ih"] + p["b"] + h @ p["w_hh"], 4)
+  c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+  h = sigmoid(o) * np.tanh(c)
+  return (h, c), h
+
+
+def numpy_bahdanau_decoder(kind, params, s0, memory, mask, target_in):
+  """Bahdanau et al. (2015), one example and one step at a time: e_j = v . tanh(s W + m_j U),
+  a = softmax over the valid j, c = sum_j a_j m_j, (s, h) = cell(s, [E y; c]),
+  logits = [h; c] W_s + b_s."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  att, cell, table = p["attention"], p["decoder"], p["target_embed"]["embedding"]
+  kernel, bias = p["readout"]["kernel"], p["readout"]["bias"]
+  logits = np.zeros(target_in.shape + (kernel.shape[1],))
+  for b in range(target_in.shape[0]):
+    state = jax.tree.map(lambda a: np.asarray(a[b], np.float64), s0)
+    for t in range(target_in.shape[1]):
+      s_prev = state if kind == "gru" else state[0]
+      scores = np.array([att["v"] @ np.tanh(s_prev @ att["w_q"] + m @ att["w_k"])
+                         for m in memory[b]])
+      weights = np.zeros_like(scores)
+      if mask[b].any():
+        e = np.exp(scores[mask[b]] - scores[mask[b]].max())
+        weights[mask[b]] = e / e.sum()
+      context = weights @ memory[b]
+      x = np.concatenate([table[target_in[b, t]], context])
+      state, h = numpy_cell_step(kind, cell, state, x)
+      logits[b, t] = np.concatenate([h, context]) @ kernel + bias
+  return logits
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_bahdanau_teacher_forcing_equals_the_equations(kind, x64):
+  cell = jaxseq.gru(4) if kind == "gru" else jaxseq.lstm(4)
+  model = jaxseq.seq2seq(jaxseq.bidirectional(jaxseq.gru(3)), cell, source_vocab=SRC_V,
+                         target_vocab=TGT_V, embed_size=3, attention="bahdanau")
+  params = model.init(KEY)
+  rng = np.random.default_rng(1)
+  # float64, every entry non-zero (biases included: the readout's start at 0).
+  params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)
+                                              + 0.3 * rng.normal(size=a.shape)), params)
+  assert params["readout"]["bias"].dtype == jnp.float64
+  assert np.all(np.abs(np.asarray(params["decoder"]["b"])) > 0)
+  source, target_in = ids((B, S), SRC_V, 10), ids((B, T), TGT_V, 11)
+  logits = model.apply(params, source, target_in, source_lengths=SOURCE_LENGTHS)
+  assert logits.dtype == jnp.float64
+  carry = model.encode(params, source, SOURCE_LENGTHS)
+  mask = np.arange(S) < SOURCE_LENGTHS[:, None]
+  expected = numpy_bahdanau_decoder(kind, params, carry["core"],
+                                    np.asarray(carry["memory"], np.float64), mask,
+                                    np.asarray(target_in))
+  np.testing.assert_allclose(logits, expected, rtol=1e-10, atol=1e-12)
+  # U h_j is computed once, in encode.
+  np.testing.assert_allclose(carry["keys"], carry["memory"] @ params["attention"]["w_k"],
+                             rtol=1e-12)
+
+
+def test_bahdanau_target_lengths_keep_the_carry_after_the_last_valid_step():
+  model, params = build("bi_dense_bahdanau")
+  source, target_in = ids((B, S), SRC_V, 12), ids((B, T), TGT_V, 13)
+  carry = model.encode(params, source, SOURCE_LENGTHS)
+  lengths = np.array([4, 1, 2], np.int32)
+  logits, last = model.decoder.apply(params, target_in, lengths=lengths, carry=carry)
+  full, _ = model.decoder.apply(params, target_in, carry=carry)
+  valid = np.arange(T) < lengths[:, None]
+  np.testing.assert_allclose(np.asarray(logits)[valid], np.asarray(full)[valid], rtol=1e-6)
+  for b, n in enumerate(lengths):
+    _, want = model.decoder.apply(params, target_in[b:b + 1, :n],
+                                  carry=jax.tree.map(lambda a: a[b:b + 1], carry))
+    for got_leaf, want_leaf in zip(jax.tree.leaves(last["core"]),
+                                   jax.tree.leaves(want["core"])):
+      np.testing.assert_allclose(got_leaf[b], want_leaf[0], rtol=1e-5, atol=1e-6)
+
+
+def test_bahdanau_attention_learns_to_reverse_digit_strings():
+  """With bridge='zeros' the decoder starts from nothing: only the attention's contexts
+  carry the source. GRU 16, 300 Adam steps of 64 strings of 5 digits."""
+  length, start, batch = 5, 10, 64
+  model = jaxseq.seq2seq(jaxseq.gru(16), jaxseq.gru(16), source_vocab=10, target_vocab=11,
+                         embed_size=8, bridge="zeros", attention="bahdanau")
+  params = model.init(KEY)
+  optimizer = optax.adam(0.02)
+
+  def loss_fn(params, source):
+    target = source[:, ::-1]
+    target_in = jnp.concatenate([jnp.full((batch, 1), start), target[:, :-1]], axis=1)
+    return jaxseq.losses.softmax_cross_entropy(model.apply(params, source, target_in),
+                                               target)
+
+  @jax.jit
+  def train_step(params, opt_state, key):
+    source = jax.random.randint(key, (batch, length), 0, 10)
+    grads = jax.grad(loss_fn)(params, source)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  opt_state = optimizer.init(params)
+  for key in jax.random.split(jax.random.PRNGKey(1), 300):
+    params, opt_state = train_step(params, opt_state, key)
+  source = jax.random.randint(jax.random.PRNGKey(2), (500, length), 0, 10)
+  tokens = jax.jit(lambda p, s: model.generate(p, s, length, start=start).tokens)(params,
+                                                                                 source)
+  exact = float(jnp.mean(jnp.all(tokens == source[:, ::-1], axis=-1)))
+  assert exact >= 0.99, exact
 
 
 # ----------------------------------------------------------------------------- the example
