@@ -228,6 +228,53 @@ def test_bfloat16_compute_keeps_float32_cell_state():
     np.testing.assert_allclose(got[name], want[name], atol=0.05 * scale + 1e-6)
 
 
+def _bf16_cotangent(shape):
+  """A float32 cotangent with full mantissas, and the bfloat16 one a bfloat16 output gets."""
+  r = jax.random.normal(jax.random.PRNGKey(7), shape)
+  return r, np.asarray(r.astype(jnp.bfloat16), np.float64)
+
+
+def test_bfloat16_input_half_weight_gradients_are_float32_sums():
+  """``x W_ih + b`` in bfloat16: ``dW_ih = X^T dZ`` and ``db = sum dZ`` over all T·B rows,
+  against those closed forms in float64 from the same bfloat16 ``X`` and cotangent ``dZ``.
+  Rounding the sums to bfloat16 would be ~1e-3 off; float32 accumulation is ~1e-7."""
+  cell = jaxseq.lstm(16, dtype=jnp.bfloat16)
+  params = cell.init(KEY, 8)
+  xs = jax.random.normal(KEY, (4, 32, 8))
+  r, dz = _bf16_cotangent((4, 32, 64))
+  grads = jax.grad(lambda p: jnp.sum(cell.project(p, xs).astype(jnp.float32) * r))(params)
+  x = np.asarray(xs.astype(jnp.bfloat16), np.float64).reshape(-1, 8)
+  dz = dz.reshape(-1, 64)
+  for got, want in ((grads["w_ih"], x.T @ dz), (grads["b"], dz.sum(0))):
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("kernel", ["reference", "xla"])
+def test_bfloat16_recurrent_weight_gradient_is_a_float32_sum(kernel):
+  """The LSTM's ``dW_hh = sum_t h_{t-1}^T dZ_t`` under bfloat16 compute, against that closed
+  form in float64 from the path's own bfloat16 states and gate cotangents ``dZ_t`` (the
+  gradient with respect to ``gx_t``, which ``z_t = gx_t + h_{t-1} W_hh`` shares)."""
+  cell = jaxseq.lstm(16, dtype=jnp.bfloat16)
+  params = cell.init(KEY, 8)
+  num_steps, batch = 24, 4
+  gxs = jax.random.normal(KEY, (num_steps, batch, 64)).astype(jnp.bfloat16)
+  carry = cell.initialize_carry(params, (batch, 8))
+  r, _ = _bf16_cotangent((num_steps, batch, 16))
+
+  def run(p, g):
+    if kernel == "xla":
+      return cell.kernel.run(p, carry, g, None, False, 1)[1]
+    return jax.lax.scan(lambda c, g_t: cell.recur(p, c, g_t), carry, g)[1]
+  loss = lambda p, g: jnp.sum(run(p, g).astype(jnp.float32) * r)
+  d_params, dz = jax.jit(jax.grad(loss, (0, 1)))(params, gxs)
+  hs = np.asarray(jax.jit(run)(params, gxs), np.float64)
+  h_prev = np.concatenate([np.zeros_like(hs[:1]), hs[:-1]])
+  want = np.einsum("tbh,tbg->hg", h_prev, np.asarray(dz, np.float64))
+  assert d_params["w_hh"].dtype == jnp.float32
+  np.testing.assert_allclose(d_params["w_hh"], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 

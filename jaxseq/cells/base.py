@@ -330,12 +330,32 @@ def dense_check(name: str, initialize_carry: InitializeCarryFn):
 
 
 def dense_project(dtype):
-  """The dense input half ``x W_ih + b`` (all gates), over any leading axes."""
+  """The dense input half ``x W_ih + b`` (all gates), over any leading axes: computed in
+  ``dtype`` (``None``: JAX's promotion of ``x`` and ``W_ih``) with the weight and bias
+  gradients accumulated in the params' dtype (``xla.mixed``, ``add_bias``)."""
+  return input_half(dtype, jnp.matmul)
+
+
+def input_half(dtype, linear: xla.Linear):
+  """``linear(x, W_ih) + b`` in ``dtype`` (``None``: promotion), weight and bias gradients
+  in the params' dtype: the input half of dense (``jnp.matmul``) and conv cells."""
+  linear = xla.mixed(linear)
+
   def project(params: Params, xs: jax.Array) -> jax.Array:
-    xs, w_ih, b = cast(dtype, xs, params["w_ih"], params.get("b"))
-    gx = xs @ w_ih
-    return gx if b is None else gx + b
+    w_ih = params["w_ih"]
+    xs = jnp.asarray(xs, dtype or jnp.result_type(xs, w_ih))
+    return add_bias(linear(xs, w_ih), params.get("b"))
   return project
+
+
+def add_bias(x: jax.Array, b: jax.Array | None) -> jax.Array:
+  """``x + b`` in ``x``'s dtype; a ``b`` wider than ``x`` (a float32 bias under bfloat16
+  compute) is added in its own dtype, so its gradient, a sum over every row, is too."""
+  if b is None:
+    return x
+  if jnp.promote_types(x.dtype, b.dtype) != b.dtype or x.dtype == b.dtype:
+    return x + b
+  return (x.astype(b.dtype) + b).astype(x.dtype)
 
 
 def cast(dtype, *arrays):

@@ -29,7 +29,7 @@ from jaxseq import initializers
 from jaxseq import specs
 from jaxseq.cells.base import (Cell, Initializer, LSTMState, cast, check_callable,
                                check_carry, check_number, common_options, fused_cell,
-                               step_shape)
+                               input_half, step_shape)
 from jaxseq.cells.gru import gru_update
 from jaxseq.cells.lstm import PEEPHOLES, lstm_update
 
@@ -194,11 +194,7 @@ def _check_frame(name: str, params: dict, input_shape) -> None:
 
 def _conv_project(dtype, padding):
   """The conv input half ``W_x * x + b`` over any leading axes (time and batch together)."""
-  def project(params: dict, xs: jax.Array) -> jax.Array:
-    xs, w_ih, b = cast(dtype, xs, params["w_ih"], params.get("b"))
-    gx = conv(xs, w_ih, padding)
-    return gx if b is None else gx + b
-  return project
+  return input_half(dtype, lambda x, w: conv(x, w, padding))
 
 
 def conv_lstm(features: int, kernel_size: Sequence[int], *,
@@ -295,7 +291,7 @@ def conv_lstm(features: int, kernel_size: Sequence[int], *,
 
   def equations(params: dict, carry: LSTMState, gx: jax.Array, recurrent):
     h, c = carry
-    h, w_hh = cast(dtype, h, params["w_hh"])
+    (h,), w_hh = cast(dtype, h), params["w_hh"]
     peepholes = None
     if peephole:
       peepholes = dict(zip(PEEPHOLES, cast(dtype, *(params[n] for n in PEEPHOLES))))
@@ -394,7 +390,7 @@ def conv_gru(features: int, kernel_size: Sequence[int], *,
     return jnp.zeros(shape, dtype or params["w_hh"].dtype)
 
   def equations(params: dict, h: jax.Array, gx: jax.Array, recurrent):
-    h, w_hh, b_hn = cast(dtype, h, params["w_hh"], params.get("b_hn"))
+    (h,), w_hh, b_hn = cast(dtype, h), params["w_hh"], params.get("b_hn")
     h = gru_update(gx, h, w_hh, b_hn, recurrent, reset_after=reset_after, gate_fn=gate_fn,
                    activation=activation)
     return h, h

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxseq import _checks
 from jaxseq import specs
-from jaxseq.cells.base import (Cell, Initializer, cast, check_callable, common_options,
+from jaxseq.cells.base import (Cell, Initializer, add_bias, cast, check_callable, common_options,
                                default_inits, dense_check, dense_params, dense_project,
                                fused_cell, zeros_carry)
 
@@ -25,8 +25,7 @@ def gru_update(gx: jax.Array, h: jax.Array, w_hh: jax.Array, b_hn: jax.Array | N
   x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
   if reset_after:
     h_r, h_z, h_n = jnp.split(recurrent(h, w_hh), 3, axis=-1)
-    if b_hn is not None:
-      h_n = h_n + b_hn
+    h_n = add_bias(h_n, b_hn)
     r = gate_fn(x_r + h_r)
     z = gate_fn(x_z + h_z)
     n = activation(x_n + r * h_n)
@@ -74,7 +73,7 @@ def gru(hidden_size: int, *, reset_after: bool = True, gate_fn: Activation = jax
                         use_bias=use_bias, param_dtype=param_dtype, hidden_bias=reset_after)
 
   def equations(params: dict, h: jax.Array, gx: jax.Array, recurrent):
-    h, w_hh, b_hn = cast(dtype, h, params["w_hh"], params.get("b_hn"))
+    (h,), w_hh, b_hn = cast(dtype, h), params["w_hh"], params.get("b_hn")
     h = gru_update(gx, h, w_hh, b_hn, recurrent, reset_after=reset_after, gate_fn=gate_fn,
                    activation=activation)
     return h, h

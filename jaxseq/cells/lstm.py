@@ -146,14 +146,14 @@ def lstm(hidden_size: int, *, peephole: bool = False, coupled: bool = False,
 
   def equations(params: dict, carry: LSTMState, gx: jax.Array, recurrent):
     h, c = carry
-    h, w_hh = cast(dtype, h, params["w_hh"])
+    (h,), w_hh = cast(dtype, h), params["w_hh"]
     peepholes = None
     if peephole:
       peepholes = dict(zip(PEEPHOLES, cast(dtype, *(params.get(n) for n in PEEPHOLES))))
     h, c = lstm_update(gx, LSTMState(h, c), w_hh, recurrent, gates=gates,
                        peepholes=peepholes, gate_fn=gate_fn, cell_fn=cell_fn,
                        hidden_fn=hidden_fn)
-    (h, w_hr) = cast(dtype, h, params.get("w_hr"))
+    (h,), w_hr = cast(dtype, h), params.get("w_hr")
     if w_hr is not None:
       h = recurrent(h, w_hr)
     return LSTMState(h, c), h

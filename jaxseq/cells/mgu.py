@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxseq import _checks
 from jaxseq import specs
-from jaxseq.cells.base import (Cell, Initializer, cast, check_callable, common_options,
+from jaxseq.cells.base import (Cell, Initializer, add_bias, cast, check_callable, common_options,
                                default_inits, dense_check, dense_params, dense_project,
                                fused_cell, zeros_carry)
 
@@ -51,12 +51,11 @@ def mgu(hidden_size: int, *, reset_after: bool = False, gate_fn: Activation = ja
                         use_bias=use_bias, param_dtype=param_dtype, hidden_bias=reset_after)
 
   def equations(params: dict, h: jax.Array, gx: jax.Array, recurrent):
-    h, w_hh, b_hn = cast(dtype, h, params["w_hh"], params.get("b_hn"))
+    (h,), w_hh, b_hn = cast(dtype, h), params["w_hh"], params.get("b_hn")
     x_f, x_n = jnp.split(gx, 2, axis=-1)
     if reset_after:
       h_f, h_n = jnp.split(recurrent(h, w_hh), 2, axis=-1)
-      if b_hn is not None:
-        h_n = h_n + b_hn
+      h_n = add_bias(h_n, b_hn)
       f = gate_fn(x_f + h_f)
       n = activation(x_n + f * h_n)
       h = (1.0 - f) * n + f * h

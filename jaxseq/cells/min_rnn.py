@@ -36,7 +36,8 @@ from jaxseq import _checks
 from jaxseq import initializers
 from jaxseq import specs
 from jaxseq.cells.base import (Cell, Initializer, Kernel, cast, check_callable, common_options,
-                               dense_check, dense_input_size, gate_blocks, split_cell,
+                               dense_check, dense_input_size, dense_project, gate_blocks,
+                               split_cell,
                                step_shape)
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -233,11 +234,6 @@ def _min_cell(name: str, num_gates: int, coefficients, spec_type, hidden_size, a
     batch_shape = step_shape(input_shape)[:-1]
     return jnp.zeros(batch_shape + (H,), dtype or params["w_ih"].dtype)
 
-  def project(params: dict, xs: jax.Array) -> jax.Array:
-    xs, w_ih, b = cast(dtype, xs, params["w_ih"], params.get("b"))
-    gx = xs @ w_ih
-    return gx if b is None else gx + b
-
   def recur(params: dict, h: jax.Array, gx: jax.Array):
     del params
     (h,) = cast(dtype, h)
@@ -259,5 +255,5 @@ def _min_cell(name: str, num_gates: int, coefficients, spec_type, hidden_size, a
 
   spec = spec_type(hidden_size=H, output_size=H, use_bias=use_bias, activation=activation,
                    scan=scan)
-  return split_cell(init, initialize_carry, project, recur, spec,
+  return split_cell(init, initialize_carry, dense_project(dtype), recur, spec,
                     dense_check(name, initialize_carry), Kernel(recur, run))

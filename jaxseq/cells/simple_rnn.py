@@ -45,7 +45,7 @@ def simple_rnn(hidden_size: int, activation: Callable[[jax.Array], jax.Array] = 
                         use_bias=use_bias, param_dtype=param_dtype)
 
   def equations(params: dict, h: jax.Array, gx: jax.Array, recurrent):
-    h, w_hh = cast(dtype, h, params["w_hh"])
+    (h,), w_hh = cast(dtype, h), params["w_hh"]
     h = activation(gx + recurrent(h, w_hh))
     return h, h
 

@@ -26,6 +26,10 @@ transpose of the cell's input half, outside the kernel).
 away (``z = gx + h W_{hh}``), its hoisted tangent is added to ``gx``'s tangent instead, so the
 backward scan writes the cotangent ``\Delta`` once and both ``dW_{ih}`` and ``dW_{hh}`` read it.
 
+Mixed precision: every linear map runs through ``mixed`` (``w`` is a param as stored, cast
+to ``a``'s compute dtype), and the hoisted weight tangents are taken in the params' dtype,
+so under bfloat16 compute ``dW = A^\top \Delta`` is accumulated and returned in float32.
+
 ``recompute``: the pointwise part of each step (gate activations and their derivatives) is
 recomputed in the backward scan from the stored ``gx_t``, products and carry (``True``, the
 default: measured faster on CPU and lighter, ``benchmarks/results/kernels.md``), or stored as
@@ -53,9 +57,42 @@ class InputSum(NamedTuple):
   at: int
 
 
+def mixed(linear: Linear) -> Linear:
+  """``linear`` computed in the dtype of its operand ``a``: ``linear(a, w.astype(a.dtype))``,
+  the map every recurrent and input product goes through, ``w`` being a param as stored.
+
+  Where the dtypes differ (bfloat16 compute on float32 params) the weight's tangent term is
+  ``linear(a, dw)`` in ``w``'s dtype, so the weight gradient, ``a^T`` times the cotangent,
+  is accumulated and returned in float32, never rounded to bfloat16 on the way."""
+  def apply(a, w):
+    if jnp.promote_types(a.dtype, w.dtype) != w.dtype or a.dtype == w.dtype:
+      return linear(a, w)    # w no wider than a: the usual promotion
+    return _mixed(linear, a, w)
+  return apply
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _mixed(linear, a, w):
+  return linear(a, w.astype(a.dtype))
+
+
+@_mixed.defjvp
+def _mixed_jvp(linear, primals, tangents):
+  a, w = primals
+  da, dw = tangents
+  return _mixed(linear, a, w), linear(da, w.astype(a.dtype)) + _weight_term(linear, a, dw)
+
+
+def _weight_term(linear, a, dw):
+  """``linear(a, dw)`` (linear in ``dw``) in ``dw``'s dtype, returned in ``a``'s."""
+  return linear(a.astype(dw.dtype), dw).astype(a.dtype)
+
+
 def recurrence(equations: Equations, linear: Linear = jnp.matmul) -> Callable[..., Any]:
   """The recurrent half ``recur(params, carry, gx_t)`` of ``equations``: the plain
-  ``linear`` map."""
+  ``linear`` map (computed in its operand's dtype, ``mixed``)."""
+  linear = mixed(linear)
+
   def recur(params, carry, gx_t):
     return equations(params, carry, gx_t, linear)
   return recur
@@ -112,7 +149,7 @@ class _Recorder:
   """The forward scan's linear map: the plain product, keeping ``a`` and the product."""
 
   def __init__(self, linear):
-    self.linear, self.operands, self.products = linear, [], []
+    self.linear, self.operands, self.products = mixed(linear), [], []
 
   def __call__(self, a, w):
     product = self.linear(a, w)
@@ -122,10 +159,10 @@ class _Recorder:
 
 
 class _WeightRecorder:
-  """Collects the ``w`` of each call (a function of the params only)."""
+  """Collects the ``w`` of each call (a function of the params only, in their dtype)."""
 
   def __init__(self, linear):
-    self.linear, self.weights = linear, []
+    self.linear, self.weights = mixed(linear), []
 
   def __call__(self, a, w):
     self.weights.append(w)
@@ -178,7 +215,7 @@ def _stored_linear(linear, a, w, product):
 @_stored_linear.defjvp
 def _stored_linear_jvp(linear, primals, tangents):
   a, w, product = primals
-  return product, linear(tangents[0], w).astype(product.dtype)
+  return product, linear(tangents[0], w.astype(product.dtype))
 
 
 def _forward(config, params, carry, gxs, valid, reverse, unroll, record):
@@ -195,7 +232,7 @@ def _forward(config, params, carry, gxs, valid, reverse, unroll, record):
     carry, gx_t = state
     t, valid_t = inputs
     gx_next = at(t - 1 if reverse else t + 1)
-    linear = _Recorder(config.linear) if record else config.linear
+    linear = _Recorder(config.linear) if record else mixed(config.linear)
     new_carry, y = config.equations(params, carry, gx_t, linear)
     new_carry = _mask(valid_t, new_carry, carry)
     y = _mask(valid_t, y, _zeros_like(y))
@@ -244,7 +281,8 @@ def _fused_jvp(config, reverse, unroll, primals, tangents):
     equations(p, carry, jax.tree.map(lambda g: g[0], gxs), recorder)
     return recorder.weights
   _, d_weights = jax.jvp(weights, (params,), (d_params,))
-  hoisted = lambda a, dw, p: linear(a, dw).astype(p.dtype)
+  # In the weights' dtype (float32 weight gradients under bfloat16 compute, as ``mixed``).
+  hoisted = lambda a, dw, p: _weight_term(linear, a, dw).astype(p.dtype)
   injected, columns = [], []
   d_gxs = jnp.asarray(d_gxs)
   for k, (a, dw, p) in enumerate(zip(operands, d_weights, products)):
