@@ -353,7 +353,7 @@ def add_bias(x: jax.Array, b: jax.Array | None) -> jax.Array:
   compute) is added in its own dtype, so its gradient, a sum over every row, is too."""
   if b is None:
     return x
-  if jnp.promote_types(x.dtype, b.dtype) != b.dtype or x.dtype == b.dtype:
+  if not xla.wider(b, x):
     return x + b
   return (x.astype(b.dtype) + b).astype(x.dtype)
 

@@ -37,8 +37,7 @@ from jaxseq import initializers
 from jaxseq import specs
 from jaxseq.cells.base import (Cell, Initializer, Kernel, cast, check_callable, common_options,
                                dense_check, dense_input_size, dense_project, gate_blocks,
-                               split_cell,
-                               step_shape)
+                               split_cell, step_shape)
 
 Activation = Callable[[jax.Array], jax.Array]
 

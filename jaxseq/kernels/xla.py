@@ -65,10 +65,16 @@ def mixed(linear: Linear) -> Linear:
   ``linear(a, dw)`` in ``w``'s dtype, so the weight gradient, ``a^T`` times the cotangent,
   is accumulated and returned in float32, never rounded to bfloat16 on the way."""
   def apply(a, w):
-    if jnp.promote_types(a.dtype, w.dtype) != w.dtype or a.dtype == w.dtype:
-      return linear(a, w)    # w no wider than a: the usual promotion
+    if not wider(w, a):
+      return linear(a, w)    # the usual promotion
     return _mixed(linear, a, w)
   return apply
+
+
+def wider(w: jax.Array, a: jax.Array) -> bool:
+  """Whether ``w``'s dtype is strictly wider than ``a``'s (a float32 param under bfloat16
+  compute): then ``w`` is cast down for the value and kept for its gradient."""
+  return w.dtype != a.dtype and jnp.promote_types(a.dtype, w.dtype) == w.dtype
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
