@@ -96,10 +96,10 @@ def _torch(cell_name, B, T, D, H):
 
 def worker(cell_name, B, T, D, H, repeats):
   """Times every implementation on one configuration; prints one JSON line."""
-  import flax.linen  # noqa: F401  (imports outside the compile times)
+  import importlib
   import jax
-  import jaxseq  # noqa: F401
-  import torch  # noqa: F401
+  for module in ("flax.linen", "jaxseq", "torch"):   # imports outside the compile times
+    importlib.import_module(module)
   jax.block_until_ready(jax.jit(lambda x: x + 1)(1.0))
   for warm in ("xla", "reference"):  # one-time costs outside the first compile time
     _jaxseq(cell_name, warm, 2, 3, 2, 4)[1]()
@@ -200,11 +200,21 @@ NOTES = """## Reading the numbers
 * **Forward.** The fused path's forward is the reference recurrence bit for bit, but slices
   the next step's `gx` into the loop carry: XLA:CPU fused the step's dynamic slice of the
   stacked `gx` into every elementwise consumer, and those fusions ran about 2x slower than the
-  same math on a plain `(B, 4H)` buffer. It stays slower than Flax linen, whose cell computes
-  `x_t W_ih` inside the loop: on this CPU the hoisted input projection (one GEMM over `T·B`
-  rows writing a `(T, B, 4H)` array, then a separate bias pass) is memory-bound. In isolation
-  (LSTM B32 T256 D128 H256): the hoisted projection alone 27 ms; a whole LSTM forward with
-  `x_t W_ih` in the loop 69 ms, with the projection hoisted 79 ms.
+  same math on a plain `(B, 4H)` buffer.
+* **Blocks (CPU).** A `(T, B, 4H)` input projection larger than the cache is slow on this
+  machine whoever writes it (LSTM B32 T256 D128 H256, 32 MiB, profiled: the projection GEMM
+  33 ms where GEMMs over 2,048 rows take 3.2 ms each, its bias add 16 ms, the backward's
+  zero-filled cotangent buffer 15 ms; fresh pages of large buffers, not FLOPs). So `unroll`
+  runs the fused path over blocks of ~512 KiB of `gx` when `gx` exceeds 2 MiB
+  (`jaxseq.sequence.block_length`): a scan over blocks, each projecting its own steps. At the
+  reference size this took the LSTM forward from 1.21x to about 1.0x Flax linen and the GRU
+  forward from 1.29x to about 0.9x; the B16 T100 rows (`gx` 3.2 MiB for LSTM) run in one
+  block. Flax linen computes `x_t W_ih` inside its loop and never writes the projection.
+* **Where the time goes** (profiled, LSTM reference size, forward+backward): the two
+  per-step `(32, 256) x (256, 1024)` products (forward `h W_hh`, backward `delta W_hh^T`)
+  run at 80-100 GFLOP/s against ~150-170 for a large GEMM on these 2 cores, and are about
+  40% of the time; Flax's per-step products are no faster. The weight GEMMs over `T·B` rows
+  run near the large-GEMM rate.
 * **Backward.** The fused backward is JAX's transpose of the linear tangent rule: one reverse
   scan over `(B, H)` cotangents with `delta_t W_hh^T` as its only matmul, then `dW_hh` and
   `dW_ih` as single GEMMs over `T·B` rows. Against the reference (`lax.scan` autodiff, `dW`

@@ -58,8 +58,9 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
       this cell. ``"reference"``: always the ``lax.scan`` of ``recur``, differentiated by
       JAX. A wrapped cell whose recurrence changed (recurrent dropout, ``gradflow``) runs
       the scan whatever the option, so no path drops a wrapper's change. Under ``remat``
-      kernels run chunk by chunk (cuDNN excepted). ``jaxseq.kernels.available()`` lists
-      what this machine runs.
+      kernels run chunk by chunk (cuDNN excepted); on CPU the fused XLA path also runs a
+      long sequence in cache-sized blocks (``block_length``). ``jaxseq.kernels.available()``
+      lists what this machine runs.
 
   Returns:
     ``(ys, carry)``: the outputs ``(*batch, T, *out_features)`` and the final carry.
@@ -120,9 +121,11 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
       _checks.fail("kernel", "'cudnn' only for a recurrence cuDNN implements (the plain "
                    "float32 LSTM, no remat, outside vmap)", f"'cudnn' where {why}")
   run = (_kernel_run(cell, kernel) if bound else None) or reference_run(recur)
-  if chunk is not None and lengths is None and num_steps % chunk:
-    lengths = jnp.full(batch_shape, num_steps, jnp.int32)   # masks the padded last chunk
-  carry, ys = _run(run, project, params, carry, xs, lengths, reverse, unroll, chunk)
+  checkpoint = chunk is not None
+  if chunk is None and run is getattr(cell.kernel, "run", None) and cell.kernel.name == "xla":
+    chunk = block_length(gx_0, num_steps)
+  carry, ys = _run(run, project, params, carry, xs, lengths, reverse, unroll, chunk,
+                   checkpoint)
   ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys)
   return ys, carry
 
@@ -175,40 +178,84 @@ def _masked_inputs(xs: jax.Array, lengths: jax.Array | None) -> jax.Array:
   return jnp.where(_broadcast_to_leaf(valid, xs), xs, 0)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 6, 7, 8))
-def _run(run, project, params, carry, xs, lengths, reverse, unroll, chunk):
+BLOCK_BYTES = 2 ** 19
+"""On CPU the fused XLA path projects the input ``BLOCK_BYTES`` of ``gx`` at a time (see
+``block_length``)."""
+
+
+def block_length(gx_0: Any, num_steps: int) -> int | None:
+  """Steps per block of the fused XLA path on CPU, or ``None`` for one block.
+
+  On CPU a ``(T, *batch, gates)`` input projection larger than the cache is slow to write
+  and read back. Profiled at LSTM B32 T256 D128 H256 (``gx`` 32 MiB, forward+backward): the
+  projection GEMM took 33 ms where GEMMs over 2,048 rows take 3.2 ms each (13 ms for the
+  same rows), its bias add 16 ms, the backward's zero-filled cotangent buffer 15 ms. So where
+  ``gx`` exceeds ``4 * BLOCK_BYTES`` the sequence runs in blocks of about ``BLOCK_BYTES``
+  each (``chunked`` without checkpointing): a scan over blocks that projects one block, then
+  runs the kernel over it. Measured forward against Flax linen (same process, interleaved):
+  1.17-1.31x in one block, 0.85-0.99x in blocks (``benchmarks/results/kernels.md``). Values
+  equal the one-block path's up to float rounding. On GPU and TPU one large GEMM is the fast
+  way, so blocks are for the CPU only.
+  """
+  if jax.default_backend() != "cpu":
+    return None
+  step_bytes = sum(l.size * l.dtype.itemsize for l in jax.tree.leaves(gx_0))
+  if step_bytes * num_steps <= 4 * BLOCK_BYTES:
+    return None
+  return max(1, BLOCK_BYTES // step_bytes)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 6, 7, 8, 9))
+def _run(run, project, params, carry, xs, lengths, reverse, unroll, chunk, checkpoint):
   """``project`` over all steps then ``run``; with a ``chunk`` length, both chunk by chunk
-  under ``jax.checkpoint`` (``chunked``). Jitted with the functions static, so eager calls
-  reuse the compiled sequence instead of re-tracing it (inside an outer jit it is inlined)."""
-  if chunk is None:
+  (``chunked``; under ``jax.checkpoint`` when ``checkpoint``). Jitted with the functions
+  static, so eager calls reuse the compiled sequence instead of re-tracing it (inside an
+  outer jit it is inlined)."""
+  if chunk is None or (not checkpoint and chunk >= xs.shape[0]):
     return run(params, carry, project(params, _masked_inputs(xs, lengths)), lengths,
                reverse, unroll)
-  return chunked(run, project, chunk, params, carry, xs, lengths, reverse, unroll)
+  return chunked(run, project, chunk, params, carry, xs, lengths, reverse, unroll,
+                 checkpoint)
 
 
-def chunked(run, project, chunk, params, carry, xs, lengths, reverse, unroll):
-  """Checkpointed BPTT: ``project`` then ``run`` over ``chunk`` steps at a time, each chunk
-  under ``jax.checkpoint``. The backward pass keeps only the carries at chunk boundaries
-  and recomputes one chunk's input projection and recurrence at a time, so its memory is
+def chunked(run, project, chunk, params, carry, xs, lengths, reverse, unroll,
+            checkpoint=True):
+  """``project`` then ``run`` over ``chunk`` steps at a time: a scan over the whole chunks,
+  in the recurrence's direction, then the remaining steps as one shorter chunk.
+
+  With ``checkpoint`` (checkpointed BPTT, ``remat``) each chunk is under
+  ``jax.checkpoint``: the backward pass keeps only the carries at chunk boundaries and
+  recomputes one chunk's input projection and recurrence at a time, so its memory is
   ~T/chunk carries plus one chunk's residuals (the (T, *batch, gates) input projection of
-  the whole sequence is never stored). A padded last chunk is masked through ``lengths``."""
+  the whole sequence is never stored). Without it, the chunks only keep the projection
+  cache-sized (``block_length``)."""
   num_steps = xs.shape[0]
-  total = -(-num_steps // chunk) * chunk
-  if total != num_steps:
-    xs = jnp.concatenate([xs, jnp.zeros((total - num_steps,) + xs.shape[1:], xs.dtype)])
-    assert lengths is not None, "unroll passes lengths that mask the padded last chunk"
+  num_chunks, rest = divmod(num_steps, chunk)
+  # Forward: whole chunks on [0, m), the rest on [m, T); reverse: the rest on [0, rest),
+  # run last, after the whole chunks on [rest, T).
+  first = rest if reverse else 0
+  rest_at = 0 if reverse else num_chunks * chunk
 
-  @jax.checkpoint
-  def body(carry, inputs):
-    start, x = inputs
-    limit = None if lengths is None else jnp.clip(lengths - start, 0, chunk)
+  def piece(carry, start, x):
+    limit = None if lengths is None else jnp.clip(lengths - start, 0, x.shape[0])
     return run(params, carry, project(params, _masked_inputs(x, limit)), limit, reverse,
                unroll)
+  if checkpoint:
+    piece = jax.checkpoint(piece)
 
-  starts = jnp.arange(0, total, chunk)
-  split = xs.reshape((total // chunk, chunk) + xs.shape[1:])
-  carry, ys = lax.scan(body, carry, (starts, split), reverse=reverse)
-  return carry, jax.tree.map(lambda y: y.reshape((total,) + y.shape[2:])[:num_steps], ys)
+  if num_chunks == 0:
+    return piece(carry, jnp.asarray(0), xs)
+  whole = xs[first:first + num_chunks * chunk]
+  starts = first + jnp.arange(num_chunks) * chunk
+  carry, ys = lax.scan(lambda c, i: piece(c, *i), carry,
+                       (starts, whole.reshape((num_chunks, chunk) + xs.shape[1:])),
+                       reverse=reverse)
+  ys = jax.tree.map(lambda y: y.reshape((num_chunks * chunk,) + y.shape[2:]), ys)
+  if not rest:
+    return carry, ys
+  carry, ys_rest = piece(carry, jnp.asarray(rest_at), xs[rest_at:rest_at + rest])
+  order = (lambda a, b: (b, a)) if reverse else (lambda a, b: (a, b))
+  return carry, jax.tree.map(lambda y, r: jnp.concatenate(order(y, r)), ys, ys_rest)
 
 
 def _chunk_length(remat: bool | int, num_steps: int) -> int | None:

@@ -12,7 +12,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxseq
-from jaxseq.cells.base import LSTMState
+from jaxseq.cells.base import LSTMState, halves
 
 KEY = jax.random.PRNGKey(0)
 B, T, D, H = 3, 5, 4, 6
@@ -107,7 +107,7 @@ def test_xla_equals_reference_values_and_gradients(x64, name):
 @pytest.mark.parametrize("name", ["lstm_coupled_peephole_proj", "gru"])
 def test_xla_under_remat_equals_reference(x64, name):
   """``remat``: the fused path runs chunk by chunk under ``jax.checkpoint``; chunks of 2
-  over T=5 leave a padded last chunk, with and without lengths, forward and reversed."""
+  over T=5 leave a shorter last chunk, with and without lengths, forward and reversed."""
   cell, params, xs, carry = _setup(name)
   cases = ({"remat": 2, "reverse": True}, {"remat": 2, "lengths": jnp.array([T, 0, 3])},
            {"remat": True, "lengths": jnp.array([1, 4, T]), "reverse": True})
@@ -126,6 +126,42 @@ def test_xla_under_remat_equals_reference(x64, name):
   for (values, grads), (want, want_grads) in zip(got, values_and_grads("reference")):
     _assert_trees_close(values, want, 1e-13)
     _assert_trees_close(grads, want_grads, 1e-12)
+
+
+@pytest.mark.parametrize("name", ["lstm_peephole", "gru"])
+def test_xla_in_blocks_equals_reference(x64, monkeypatch, name):
+  """On CPU a projection larger than ``4 * BLOCK_BYTES`` runs in blocks (``block_length``):
+  forced here at T=11 into 5 blocks of 2 steps and a last step on its own, the values,
+  gradients and forward-mode derivatives equal the unblocked reference scan's."""
+  monkeypatch.setattr(jaxseq.sequence, "BLOCK_BYTES", 2 * B * 4 * H * 8)   # 2 float64 steps
+  cell = CELLS[name]()
+  params = {k: v + 0.3 for k, v in cell.init(KEY, D).items()}
+  params = jax.tree.map(lambda v: v.astype(jnp.float64), params)
+  xs = jax.random.normal(jax.random.PRNGKey(1), (B, 11, D), jnp.float64)
+  carry = jax.tree.map(lambda c: c + 0.5, cell.initialize_carry(params, (B, D)))
+  gx_0 = jax.eval_shape(halves(cell)[0], params, xs[:, 0])
+  assert jaxseq.sequence.block_length(gx_0, 11) == 2
+  assert str(jax.make_jaxpr(_unroll(cell, "xla"))(params, xs, carry)).count(
+      "name=_fused") == 2   # the scan over whole blocks, then the last step
+  for options in ({"lengths": jnp.array([11, 0, 6])},
+                  {"lengths": jnp.array([3, 11, 10]), "reverse": True}, {"reverse": True}):
+    got, want = (_unroll(cell, k, **options) for k in ("xla", "reference"))
+    _assert_trees_close(got(params, xs, carry), want(params, xs, carry), 1e-13)
+    grads = [jax.grad(_loss(run), argnums=(0, 1, 2))(params, xs, carry) for run in (got, want)]
+    _assert_trees_close(*grads, 1e-12)
+    tangents = jax.tree.map(jnp.cos, (params, xs, carry))
+    jvps = [jax.jvp(run, (params, xs, carry), tangents)[1] for run in (got, want)]
+    _assert_trees_close(*jvps, 1e-12)
+
+
+def test_blocks_only_on_cpu_and_for_a_large_projection(monkeypatch):
+  """LSTM B32 H256 in float32 writes 128 KiB of ``gx`` a step: blocks of 4 steps at
+  T=256 (32 MiB), one block at T=16 (2 MiB, within ``4 * BLOCK_BYTES``), none off CPU."""
+  gx = jax.ShapeDtypeStruct((32, 4 * 256), jnp.float32)
+  assert jaxseq.sequence.block_length(gx, 256) == 4
+  assert jaxseq.sequence.block_length(gx, 16) is None
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert jaxseq.sequence.block_length(gx, 256) is None
 
 
 CONV_CELLS = {
