@@ -139,8 +139,8 @@ def test_hand_written_step_only_cell_unrolls():
     h, y = step(params, h, xs[:, t])
     want.append(y)
   ys, h_T = jaxseq.unroll(cell, params, xs)
-  np.testing.assert_allclose(ys, jnp.stack(want, 1), rtol=1e-6)
-  np.testing.assert_allclose(h_T, h, rtol=1e-6)
+  np.testing.assert_allclose(ys, jnp.stack(want, 1), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(h_T, h, rtol=1e-6, atol=1e-6)
   ys_layer, _ = jaxseq.bidirectional(cell).apply(
       jaxseq.bidirectional(cell).init(KEY, D), xs)
   assert ys_layer.shape == (B, T, 2 * H)
