@@ -1,11 +1,13 @@
 """Kernel paths against the peers: jaxseq's fused XLA path and reference scan vs Flax linen
 ``nn.RNN`` and PyTorch ``nn.LSTM``/``nn.GRU`` (CPU), forward and forward+backward.
 
-One worker process per configuration (cell, B, T, D, H); inside it every implementation is
-compiled first (compile time recorded apart), then the repeats are interleaved
-(implementation after implementation, round after round) and the median is kept. Ratios are
-taken inside one process, so a slow moment hits every implementation alike; absolute times
-on a shared machine are not comparable between runs.
+Three worker processes per configuration (cell, B, T, D, H), one after the other; inside
+each, every implementation is compiled first (compile time recorded apart), then the
+repeats are interleaved (implementation after implementation, round after round) and the
+median is kept. Ratios are taken inside one process, so a slow moment hits every
+implementation alike; the report gives each ratio's median over the processes and its
+range, because on a shared machine the same ratio moves between processes by more than
+inside one.
 
 Implementations (float32, loss = sum(ys ** 2), gradients for the parameters only):
 
@@ -149,42 +151,58 @@ def _load():
     return float("nan")
 
 
+def _groups(runs):
+  """The worker results of each configuration, in order: ``[(config, [run, ...]), ...]``."""
+  groups = {}
+  for run in runs:
+    groups.setdefault((run["cell"], run["B"], run["T"], run["D"], run["H"]), []).append(run)
+  return list(groups.items())
+
+
 def report(runs, quick, load_before, load_after, wall_s):
   import jax
   import torch
   import flax
+  groups = _groups(runs)
+  processes = max(len(group) for _, group in groups)
   lines = [
       "# Kernel paths against the peers" + (" (quick smoke run)" if quick else ""), "",
       f"Machine: {platform.machine()}, {os.cpu_count()} CPUs visible, {jax.default_backend()} "
       f"backend; jax {jax.__version__}, flax {flax.__version__}, torch {torch.__version__} "
-      f"({torch.get_num_threads()} threads). One worker process per row, repeats "
-      "interleaved, medians; compile time apart. Regenerate with "
+      f"({torch.get_num_threads()} threads). {processes} worker process(es) per "
+      "configuration, one after the other; in each, every implementation is compiled, then "
+      "the repeats are interleaved and medians taken. Regenerate with "
       "`python benchmarks/bench_kernels.py`.", "",
       f"**Load average** before/after the run: {load_before:.1f} / {load_after:.1f} on "
-      f"{os.cpu_count()} CPUs ({wall_s / 60:.1f} min). "
-      + ("The machine was shared and heavily loaded while this ran: absolute times are "
-         "inflated and noisy, only ratios taken in one process mean anything, and those "
-         "carry roughly ±15% noise." if load_before > (os.cpu_count() or 1) else
-         "The machine was quiet enough for the ratios to be read at face value (±5%)."),
-      "", "Ratio = jaxseq xla time / other time (below 1: the fused path is faster).", ""]
+      f"{os.cpu_count()} CPUs ({wall_s / 60:.1f} min). On this shared machine the same "
+      "ratio moved by up to ±30% from one process to the next (observed on 2026-12-03), "
+      "more than inside one process, so each ratio is the median over the processes with "
+      "their range in brackets; times are medians over the processes.", "",
+      "Ratio = jaxseq xla time / other time (below 1: the fused path is faster).", ""]
   for mode in ("forward+backward", "forward"):
     lines += [f"## {mode}", "",
               "| cell | B, T, D, H | xla | xla / xla-store | xla / reference | xla / Flax "
               "linen | xla / PyTorch |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for run in runs:
-      med = run["median_s"]
-      xla_s = med["xla"][mode]
-      ratio = lambda other: f"{xla_s / med[other][mode]:.2f}x ({_ms(med[other][mode])})"
-      lines.append(f"| {run['cell']} | {run['B']}, {run['T']}, {run['D']}, {run['H']} | "
-                   f"{_ms(xla_s)} | {ratio('xla-store')} | {ratio('reference')} | "
-                   f"{ratio('flax')} | {ratio('torch')} |")
+    for (cell, B, T, D, H), group in groups:
+      time_of = lambda name: statistics.median(r["median_s"][name][mode] for r in group)
+
+      def ratio(other):
+        values = sorted(r["median_s"]["xla"][mode] / r["median_s"][other][mode]
+                        for r in group)
+        spread = f" [{values[0]:.2f}-{values[-1]:.2f}]" if len(values) > 1 else ""
+        return f"{statistics.median(values):.2f}x{spread} ({_ms(time_of(other))})"
+      lines.append(f"| {cell} | {B}, {T}, {D}, {H} | {_ms(time_of('xla'))} | "
+                   f"{ratio('xla-store')} | {ratio('reference')} | {ratio('flax')} | "
+                   f"{ratio('torch')} |")
     lines.append("")
-  lines += ["## Compile time (first forward + first forward+backward call)", "",
+  lines += ["## Compile time (first forward + first forward+backward call; median over "
+            "processes)", "",
             "| cell | B, T, D, H | " + " | ".join(IMPLEMENTATIONS) + " |",
             "| --- | --- | " + " | ".join("---" for _ in IMPLEMENTATIONS) + " |"]
-  for run in runs:
-    lines.append(f"| {run['cell']} | {run['B']}, {run['T']}, {run['D']}, {run['H']} | "
-                 + " | ".join(f"{run['compile_s'][n]:.2f} s" for n in IMPLEMENTATIONS) + " |")
+  for (cell, B, T, D, H), group in groups:
+    lines.append(f"| {cell} | {B}, {T}, {D}, {H} | " + " | ".join(
+        f"{statistics.median(r['compile_s'][n] for r in group):.2f} s"
+        for n in IMPLEMENTATIONS) + " |")
   lines += ["", "PyTorch's \"compile time\" is its first call. PyTorch's CPU `nn.LSTM` runs "
             "oneDNN's fused kernel; its `nn.GRU` the native path (input projection for all "
             "steps, one `addmm` per step).", "", NOTES]
@@ -204,12 +222,13 @@ NOTES = """## Reading the numbers
 * **Blocks (CPU).** A `(T, B, 4H)` input projection larger than the cache is slow on this
   machine whoever writes it (LSTM B32 T256 D128 H256, 32 MiB, profiled: the projection GEMM
   33 ms where GEMMs over 2,048 rows take 3.2 ms each, its bias add 16 ms, the backward's
-  zero-filled cotangent buffer 15 ms; fresh pages of large buffers, not FLOPs). So `unroll`
-  runs the fused path over blocks of ~512 KiB of `gx` when `gx` exceeds 2 MiB
-  (`jaxseq.sequence.block_length`): a scan over blocks, each projecting its own steps. At the
-  reference size this took the LSTM forward from 1.21x to about 1.0x Flax linen and the GRU
-  forward from 1.29x to about 0.9x; the B16 T100 rows (`gx` 3.2 MiB for LSTM) run in one
-  block. Flax linen computes `x_t W_ih` inside its loop and never writes the projection.
+  zero-filled cotangent buffer 15 ms). So `unroll` runs the fused path over blocks of
+  ~512 KiB of `gx` when `gx` exceeds 8 MiB (`jaxseq.sequence.block_length`): a scan over
+  blocks, each projecting its own steps. The reference-size rows run in blocks of 4 steps
+  (before blocks, one run measured the forward at 1.21x Flax linen for LSTM and 1.29x for
+  GRU); the B16 T100 rows (`gx` 3.2 MiB for LSTM) run in one block, where blocks measured
+  no faster and cost compile time. Flax linen computes `x_t W_ih` inside its loop and never
+  writes the projection.
 * **Where the time goes** (profiled, LSTM reference size, forward+backward): the two
   per-step `(32, 256) x (256, 1024)` products (forward `h W_hh`, backward `delta W_hh^T`)
   run at 80-100 GFLOP/s against ~150-170 for a large GEMM on these 2 cores, and are about
@@ -228,6 +247,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats")
   parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument("--processes", type=int, default=None,
+                      help="worker processes per configuration (default 3; 1 with --quick)")
   parser.add_argument("--worker", nargs=5, metavar=("CELL", "B", "T", "D", "H"),
                       help=argparse.SUPPRESS)
   parser.add_argument("--report-only", action="store_true",
@@ -246,7 +267,8 @@ def main():
     return
   configs = QUICK_CONFIGS if args.quick else CONFIGS
   load_before, start, runs = _load(), time.perf_counter(), []
-  for cell_name, B, T, D, H in configs:
+  processes = args.processes or (1 if args.quick else 3)
+  for cell_name, B, T, D, H in [c for c in configs for _ in range(processes)]:
     reps = repeats if args.repeats or args.quick or T * B < 4096 else max(5, repeats // 2)
     # PyTorch's OpenMP threads busy-wait after each call by default, stealing the CPUs
     # from the JAX call that follows in the same process: make them sleep instead.

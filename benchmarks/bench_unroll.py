@@ -4,7 +4,7 @@
   jaxseq vs Flax linen ``nn.RNN(nn.OptimizedLSTMCell)`` vs PyTorch ``nn.LSTM`` (CPU), as a
   ratio to jaxseq (median of repeated timings after warm-up).
 * Memory: XLA's compiled temp memory for the gradient of a long sequence with
-  ``remat=False``, ``remat=True`` (chunks of ceil(sqrt(T))) and ``remat=32``.
+  ``remat=False``, ``remat=True`` (chunks of about sqrt(T)) and ``remat=32``.
 
     python benchmarks/bench_unroll.py [--quick]
 

@@ -45,9 +45,11 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
       with the inputs: ``ys[t]`` is the output computed at input ``xs[t]``.
     time_major: time is the leading axis of ``xs`` and ``ys``.
     unroll: ``lax.scan``'s unroll factor (steps per loop iteration).
-    remat: gradient checkpointing for long sequences. ``True``: chunks of
-      ``ceil(sqrt(T))`` steps, so backward memory is O(sqrt(T)) carries instead of O(T)
-      at the cost of one extra forward pass; an int: that chunk length.
+    remat: gradient checkpointing for long sequences. ``True``: chunks of about
+      ``sqrt(T)`` steps (``ceil(sqrt(T))``, or a divisor of T at least half of it), so
+      backward memory is O(sqrt(T)) carries instead of O(T) at the cost of one extra
+      forward pass; an int: that chunk length (a shorter last chunk where it does not
+      divide T).
     kernel: which implementation runs the recurrent half, chosen here in Python before
       tracing (``jaxseq.kernels``). ``"auto"`` (default): on a CUDA/ROCm GPU the cuDNN
       LSTM where it applies (plain float32 LSTM, no ``remat``, not under ``vmap``), else
@@ -190,19 +192,30 @@ def block_length(gx_0: Any, num_steps: int) -> int | None:
   and read back. Profiled at LSTM B32 T256 D128 H256 (``gx`` 32 MiB, forward+backward): the
   projection GEMM took 33 ms where GEMMs over 2,048 rows take 3.2 ms each (13 ms for the
   same rows), its bias add 16 ms, the backward's zero-filled cotangent buffer 15 ms. So where
-  ``gx`` exceeds ``4 * BLOCK_BYTES`` the sequence runs in blocks of about ``BLOCK_BYTES``
-  each (``chunked`` without checkpointing): a scan over blocks that projects one block, then
-  runs the kernel over it. Measured forward against Flax linen (same process, interleaved):
-  1.17-1.31x in one block, 0.85-0.99x in blocks (``benchmarks/results/kernels.md``). Values
-  equal the one-block path's up to float rounding. On GPU and TPU one large GEMM is the fast
-  way, so blocks are for the CPU only.
+  ``gx`` exceeds ``16 * BLOCK_BYTES`` the sequence runs in blocks of about ``BLOCK_BYTES``
+  each (``chunked`` without checkpointing; a block length that divides T where one is
+  within 2x): a scan over blocks that projects one block, then runs the kernel over it.
+  Measured forward against Flax linen (same process, interleaved): 1.17-1.31x in one
+  block, 0.85-0.99x in blocks (``benchmarks/results/kernels.md``). The price is compile
+  time (a scan around the kernel: 2-layer bidirectional LSTM B16 T100, 1.8 s in one block,
+  5.3 s in blocks with a shorter last one), hence blocks for large projections only. Values
+  equal the one-block path's up to float rounding. On GPU and TPU one large GEMM is the
+  fast way, so blocks are for the CPU only.
   """
   if jax.default_backend() != "cpu":
     return None
   step_bytes = sum(l.size * l.dtype.itemsize for l in jax.tree.leaves(gx_0))
-  if step_bytes * num_steps <= 4 * BLOCK_BYTES:
+  if step_bytes * num_steps <= 16 * BLOCK_BYTES:
     return None
-  return max(1, BLOCK_BYTES // step_bytes)
+  return _near_divisor(num_steps, max(1, BLOCK_BYTES // step_bytes))
+
+
+def _near_divisor(num_steps: int, target: int) -> int:
+  """The largest divisor of ``num_steps`` up to ``target`` when it is at least half of it,
+  else ``target``: chunks of equal length where one is close, since a shorter last chunk
+  is a second copy of the kernel to compile."""
+  divisor = max(d for d in range(1, target + 1) if num_steps % d == 0)
+  return divisor if 2 * divisor >= target else target
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 6, 7, 8, 9))
@@ -262,7 +275,7 @@ def _chunk_length(remat: bool | int, num_steps: int) -> int | None:
   if remat is False:
     return None
   if remat is True:
-    return max(1, math.isqrt(max(num_steps - 1, 0)) + 1)  # ceil(sqrt(T))
+    return _near_divisor(num_steps, max(1, math.isqrt(max(num_steps - 1, 0)) + 1))
   return _checks.positive_int("remat", remat)
 
 

@@ -12,7 +12,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxseq
-from jaxseq.cells.base import LSTMState, halves
+from jaxseq.cells.base import LSTMState
 
 KEY = jax.random.PRNGKey(0)
 B, T, D, H = 3, 5, 4, 6
@@ -129,18 +129,16 @@ def test_xla_under_remat_equals_reference(x64, name):
 
 
 def test_xla_in_blocks_equals_reference(x64, monkeypatch):
-  """On CPU a projection larger than ``4 * BLOCK_BYTES`` runs in blocks (``block_length``):
-  forced here at T=11 into 5 blocks of 2 steps and a last step on its own, the values,
-  gradients and forward-mode derivatives equal the unblocked reference scan's, with
-  lengths (0, T and a middle one) forward and reversed."""
-  monkeypatch.setattr(jaxseq.sequence, "BLOCK_BYTES", 2 * B * 4 * H * 8)   # 2 float64 steps
+  """On CPU a large projection runs in blocks (``block_length``): forced here at T=11 into
+  5 blocks of 2 steps and a last step on its own, the values, gradients and forward-mode
+  derivatives equal the unblocked reference scan's, with lengths (0, T and a middle one)
+  forward and reversed."""
+  monkeypatch.setattr(jaxseq.sequence, "block_length", lambda gx_0, num_steps: 2)
   cell = CELLS["lstm_peephole"]()
   params = {k: v + 0.3 for k, v in cell.init(KEY, D).items()}
   params = jax.tree.map(lambda v: v.astype(jnp.float64), params)
   xs = jax.random.normal(jax.random.PRNGKey(1), (B, 11, D), jnp.float64)
   carry = jax.tree.map(lambda c: c + 0.5, cell.initialize_carry(params, (B, D)))
-  gx_0 = jax.eval_shape(halves(cell)[0], params, xs[:, 0])
-  assert jaxseq.sequence.block_length(gx_0, 11) == 2
   assert str(jax.make_jaxpr(_unroll(cell, "xla"))(params, xs, carry)).count(
       "name=_fused") == 2   # the scan over whole blocks, then the last step
   tangents = jax.tree.map(jnp.cos, (params, xs, carry))
@@ -159,13 +157,18 @@ def test_xla_in_blocks_equals_reference(x64, monkeypatch):
 
 
 def test_blocks_only_on_cpu_and_for_a_large_projection(monkeypatch):
-  """LSTM B32 H256 in float32 writes 128 KiB of ``gx`` a step: blocks of 4 steps at
-  T=256 (32 MiB), one block at T=16 (2 MiB, within ``4 * BLOCK_BYTES``), none off CPU."""
+  """LSTM B32 H256 in float32 writes 128 KiB of ``gx`` a step: blocks of 4 steps (512 KiB)
+  at T=256 (32 MiB), a divisor of T near 4 where there is one (3 at T=255; at T=257, a
+  prime, 4 and a shorter last block), one block up to ``16 * BLOCK_BYTES`` (T=64, 8 MiB),
+  none off CPU."""
   gx = jax.ShapeDtypeStruct((32, 4 * 256), jnp.float32)
-  assert jaxseq.sequence.block_length(gx, 256) == 4
-  assert jaxseq.sequence.block_length(gx, 16) is None
+  rule = jaxseq.sequence.block_length
+  assert (rule(gx, 256), rule(gx, 255), rule(gx, 257), rule(gx, 64)) == (4, 3, 4, None)
+  # remat=True follows the same rule around ceil(sqrt(T)): 250 | 100,000; 101 is a prime.
+  chunk = jaxseq.sequence._chunk_length
+  assert (chunk(True, 100_000), chunk(True, 101), chunk(3, 10)) == (250, 11, 3)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert jaxseq.sequence.block_length(gx, 256) is None
+  assert rule(gx, 256) is None
 
 
 CONV_CELLS = {
