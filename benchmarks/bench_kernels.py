@@ -220,16 +220,18 @@ NOTES = """## Reading the numbers
   stacked `gx` into every elementwise consumer, and those fusions ran about 2x slower than the
   same math on a plain `(B, 4H)` buffer.
 * **Blocks (CPU).** A `(T, B, 4H)` input projection larger than the cache is slow on this
-  machine whoever writes it (LSTM B32 T256 D128 H256, 32 MiB, profiled: the projection GEMM
+  machine whoever writes it (LSTM B32 T256 D128 H256, 32 MiB, one `jax.profiler` run not
+  recorded here: the projection GEMM
   33 ms where GEMMs over 2,048 rows take 3.2 ms each, its bias add 16 ms, the backward's
   zero-filled cotangent buffer 15 ms). So `unroll` runs the fused path over blocks of
   ~512 KiB of `gx` when `gx` exceeds 8 MiB (`jaxseq.sequence.block_length`): a scan over
   blocks, each projecting its own steps. The reference-size rows run in blocks of 4 steps
-  (before blocks, one run measured the forward at 1.21x Flax linen for LSTM and 1.29x for
-  GRU); the B16 T100 rows (`gx` 3.2 MiB for LSTM) run in one block, where blocks measured
+  (before blocks, the run committed in 4ce2304 measured the forward at 1.21x Flax linen for
+  LSTM and 1.29x for GRU); the B16 T100 rows (`gx` 3.2 MiB for LSTM) run in one block, where blocks measured
   no faster and cost compile time. Flax linen computes `x_t W_ih` inside its loop and never
   writes the projection.
-* **Where the time goes** (profiled, LSTM reference size, forward+backward): the two
+* **Where the time goes** (one `jax.profiler` run, not recorded here; LSTM reference size,
+  forward+backward): the two
   per-step `(32, 256) x (256, 1024)` products (forward `h W_hh`, backward `delta W_hh^T`)
   run at 80-100 GFLOP/s against ~150-170 for a large GEMM on these 2 cores, and are about
   40% of the time; Flax's per-step products are no faster. The weight GEMMs over `T·B` rows

@@ -124,7 +124,7 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
                    "float32 LSTM, no remat, outside vmap)", f"'cudnn' where {why}")
   run = (_kernel_run(cell, kernel) if bound else None) or reference_run(recur)
   checkpoint = chunk is not None
-  if chunk is None and run is getattr(cell.kernel, "run", None) and cell.kernel.name == "xla":
+  if chunk is None and bound and run is cell.kernel.run and cell.kernel.name == "xla":
     chunk = block_length(gx_0, num_steps)
   carry, ys = _run(run, project, params, carry, xs, lengths, reverse, unroll, chunk,
                    checkpoint)
@@ -189,18 +189,20 @@ def block_length(gx_0: Any, num_steps: int) -> int | None:
   """Steps per block of the fused XLA path on CPU, or ``None`` for one block.
 
   On CPU a ``(T, *batch, gates)`` input projection larger than the cache is slow to write
-  and read back. Profiled at LSTM B32 T256 D128 H256 (``gx`` 32 MiB, forward+backward): the
-  projection GEMM took 33 ms where GEMMs over 2,048 rows take 3.2 ms each (13 ms for the
-  same rows), its bias add 16 ms, the backward's zero-filled cotangent buffer 15 ms. So where
-  ``gx`` exceeds ``16 * BLOCK_BYTES`` the sequence runs in blocks of about ``BLOCK_BYTES``
-  each (``chunked`` without checkpointing; a block length that divides T where one is
-  within 2x): a scan over blocks that projects one block, then runs the kernel over it.
-  Measured forward against Flax linen (same process, interleaved): 1.17-1.31x in one
-  block, 0.85-0.99x in blocks (``benchmarks/results/kernels.md``). The price is compile
-  time (a scan around the kernel: 2-layer bidirectional LSTM B16 T100, 1.8 s in one block,
-  5.3 s in blocks with a shorter last one), hence blocks for large projections only. Values
-  equal the one-block path's up to float rounding. On GPU and TPU one large GEMM is the
-  fast way, so blocks are for the CPU only.
+  and read back. One profiling run (``jax.profiler``, not a recorded benchmark) at LSTM
+  B32 T256 D128 H256, forward+backward, ``gx`` 32 MiB: the projection GEMM took 33 ms where
+  GEMMs over 2,048 rows take 3.2 ms each (13 ms for the same rows), its bias add 16 ms, the
+  backward's zero-filled cotangent buffer 15 ms. So where ``gx`` exceeds
+  ``16 * BLOCK_BYTES`` the sequence runs in blocks of about ``BLOCK_BYTES`` each
+  (``chunked`` without checkpointing; a block length that divides T where one is within
+  2x): a scan over blocks that projects one block, then runs the kernel over it. Forward
+  against Flax linen at that size, ``benchmarks/results/kernels.md``: LSTM 1.21x and GRU
+  1.29x in one block (the run committed before blocks), 1.08x and 1.37x (medians over 3
+  processes, with a wide spread) in blocks. The price is compile time (a scan around the
+  kernel; a probe, 2-layer bidirectional LSTM B16 T100: 1.8 s in one block, 5.3 s in
+  blocks with a shorter last one), hence blocks for large projections only. Values equal
+  the one-block path's up to float rounding. On GPU and TPU one large GEMM is the fast way,
+  so blocks are for the CPU only.
   """
   if jax.default_backend() != "cpu":
     return None
@@ -224,7 +226,7 @@ def _run(run, project, params, carry, xs, lengths, reverse, unroll, chunk, check
   (``chunked``; under ``jax.checkpoint`` when ``checkpoint``). Jitted with the functions
   static, so eager calls reuse the compiled sequence instead of re-tracing it (inside an
   outer jit it is inlined)."""
-  if chunk is None or (not checkpoint and chunk >= xs.shape[0]):
+  if chunk is None:
     return run(params, carry, project(params, _masked_inputs(xs, lengths)), lengths,
                reverse, unroll)
   return chunked(run, project, chunk, params, carry, xs, lengths, reverse, unroll,
