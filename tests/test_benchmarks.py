@@ -26,20 +26,74 @@ def _positive(seconds):
   return isinstance(seconds, float) and math.isfinite(seconds) and seconds > 0
 
 
-def test_bench_kernels_worker_and_report(capsys):
+def test_bench_kernels_worker_and_report(capsys, tmp_path, monkeypatch):
   bench = _load("bench_kernels")
-  bench.worker("gru", 2, 3, 2, 4, 1)
-  run = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-  assert set(run["median_s"]) == set(bench.IMPLEMENTATIONS) == set(run["compile_s"])
-  assert all(_positive(t) for times in run["median_s"].values() for t in times.values())
-  other = {**run, "median_s": {n: {m: 2 * t for m, t in times.items()}
-                               for n, times in run["median_s"].items()}}
-  text = bench.report([run, other], True, 0.5, 0.5, 1.0)
-  # Two processes of one configuration: one row per mode, ratios with their range.
-  rows = [line for line in text.splitlines() if line.startswith("| gru | 2, 3, 2, 4 |")]
-  assert len(rows) == 3 and "2 worker process(es)" in text
-  xla_over_flax = run["median_s"]["xla"]["forward"] / run["median_s"]["flax"]["forward"]
-  assert f"{xla_over_flax:.2f}x [" in rows[1]
+  # Every implementation in-process: GRU in float32, and a two-layer LSTM in bfloat16.
+  configs = [bench.Config("small", "gru", 2, 3, 2, 4),
+             bench.Config("long", "lstm", 2, 3, 2, 4, layers=2, dtype="bfloat16")]
+  runs = []
+  for config in configs:
+    bench.worker(config, 1)
+    runs.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+  for config, run in zip(configs, runs):
+    assert run["unavailable"] == {}          # every peer is installed (test extra) and runs
+    assert set(run["median_s"]) == set(bench.IMPLEMENTATIONS) == set(run["compile_s"])
+    assert all(_positive(t) for times in run["median_s"].values() for t in times.values())
+    for name, output in run["output"].items():   # each ran at this size, in this dtype
+      dtype, shape = output.split(" ", 1)
+      want = (3, 2, 4) if name == "haiku" else (2, 3, 4)      # Haiku is time-major
+      assert shape == str(want), name
+      # Flax's carry starts in float32 (param_dtype), so its bfloat16 outputs are float32.
+      assert dtype == ("float32" if name in ("flax", "nnx") else config.dtype), name
+  # The LSTM stacks two layers everywhere: W_ih and W_hh of both (D=2, H=4) and the biases.
+  weights = 4 * 4 * (2 + 4) + 4 * 4 * (4 + 4)
+  assert all(weights <= n <= weights + 4 * 2 * 16 for n in runs[1]["params"].values())
+  gru_weights = 3 * 4 * (2 + 4)                 # one GRU layer
+  assert all(gru_weights <= n <= gru_weights + 2 * 12 for n in runs[0]["params"].values())
+
+  doubled = [{**run, "median_s": {n: {m: 2 * t for m, t in times.items()}
+                                  for n, times in run["median_s"].items()}} for run in runs]
+  section = {"processes": 2, "repeats": 1, "load": [0.5, 0.5], "wall_s": 1.0,
+             "machine": bench.machine(), "date": "2026-12-03"}
+  text = bench.report(runs + doubled, {"small": section, "long": section}, True)
+  # Two processes of each configuration: a row in each of the five tables, ratios with
+  # their range, no n/a.
+  for start in ("| small | gru | f32 | 2, 3, 2, 4 |", "| long | lstm | bf16 | 2, 3, 2, 4 (2 "
+                "layers) |"):
+    rows = [line for line in text.splitlines() if line.startswith(start)]
+    assert len(rows) == 5 and not any("n/a" in row for row in rows), start
+  rows = [line for line in text.splitlines() if line.startswith("| small | gru |")]
+  xla_over_nnx = runs[0]["median_s"]["xla"]["forward"] / runs[0]["median_s"]["nnx"]["forward"]
+  assert f"{xla_over_nnx:.2f}x [" in rows[3]      # forward ratios, Flax NNX column
+  assert "Flax NNX" in text and "Haiku" in text and "Equinox" in text
+
+  # A peer that is not installed is skipped and reported, not a crash.
+  monkeypatch.setitem(bench.PEER_MODULES, "haiku", "haiku_not_installed_here")
+  bench.worker(configs[0], 1, implementations=("xla", "haiku"))
+  skipped = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert set(skipped["median_s"]) == {"xla"}
+  assert skipped["unavailable"]["haiku"].startswith("not installed")
+  text = bench.report([skipped], {"small": section})
+  assert "| n/a |" in text and "* Haiku: not installed" in text
+
+  # The sweep: its points, then the report and the plot from saved results (--report-only).
+  sweep = bench.SWEEP
+  points = {(c.T, c.H) for c in sweep.configs()}
+  assert {(T, sweep.H) for T in sweep.Ts} | {(sweep.T, H) for H in sweep.Hs} == points
+  quick = bench.QUICK_SWEEP
+  sweep_runs = [{**runs[0], "set": "sweep", "cell": "lstm", "T": c.T, "D": c.H, "H": c.H,
+                 "median_s": {n: {"forward+backward": c.T * c.H * 1e-6} for n in
+                              runs[0]["median_s"]}} for c in quick.configs()]
+  saved = {"runs": runs + sweep_runs, "sections": {
+      "small": section, "long": section, "sweep": {**section, "fixed": quick._asdict()}}}
+  (tmp_path / "kernels.json").write_text(json.dumps(saved))
+  bench.main(["--report-only", "--results", str(tmp_path)])
+  assert (tmp_path / "kernels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  md = (tmp_path / "kernels.md").read_text()
+  assert "![time against T and H](kernels.png)" in md
+  sweep_rows = md.split("## Sweep", 1)[1].split("## Reading", 1)[0].splitlines()
+  assert len([r for r in sweep_rows if r.startswith(("| 6 |", "| 12 |", "| 8 |", "| 16 |"))]) \
+      == len(quick.Ts) + len(quick.Hs)
 
 
 def test_bench_lengths_measures_both_libraries():
