@@ -192,13 +192,28 @@ class _Stored:
     injected, columns = self.injected[k], self.columns[k]
     if injected is None:
       return out
-    if columns is None:
-      return out + injected
-    offset = 0
-    for start, stop in columns:
-      out = out + _placed(injected[..., offset:offset + stop - start], start, out.shape[-1])
-      offset += stop - start
-    return out
+    if columns is not None:
+      pieces, offset = [], 0
+      for start, stop in columns:
+        pieces.append(_placed(injected[..., offset:offset + stop - start], start,
+                              out.shape[-1]))
+        offset += stop - start
+      injected = functools.reduce(jnp.add, pieces)
+    return _plus_tangent(out, injected)
+
+
+@jax.custom_jvp
+def _plus_tangent(out, injected):
+  """``out``, whose tangent is ``out``'s plus ``injected``'s. ``injected`` is zero (its
+  tangent is the hoisted weight term), so the value skips the add, and the zeros and their
+  placement are dead code in the backward scan's recomputed step."""
+  del injected
+  return out
+
+
+@_plus_tangent.defjvp
+def _plus_tangent_jvp(primals, tangents):
+  return primals[0], tangents[0] + tangents[1]
 
 
 def _placed(x: jax.Array, start: int, width: int) -> jax.Array:
