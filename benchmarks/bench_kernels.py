@@ -632,22 +632,25 @@ NOTES = """## Reading the numbers
   stacked `gx` into every elementwise consumer, and those fusions ran about 2x slower than the
   same math on a plain `(B, 4H)` buffer.
 * **Blocks (CPU).** A `(T, B, 4H)` input projection larger than the cache is slow on this
-  machine whoever writes it (LSTM B32 T256 D128 H256, 32 MiB, one `jax.profiler` run not
-  recorded here: the projection GEMM
-  33 ms where GEMMs over 2,048 rows take 3.2 ms each, its bias add 16 ms, the backward's
-  zero-filled cotangent buffer 15 ms). So `unroll` runs the fused path over blocks of
+  machine whoever writes it. `profile.md`, GRU B32 T256 D128 H256 forward+backward (`gx`
+  24 MiB): the reference scan's projection, one `(8192, 128) x (128, 768)` GEMM, took
+  33 ms, where the fused path's 64 blocks of the same GEMM took 13 ms in all; the
+  reference's bias add over it 9 ms and its zero-filled cotangent buffer 15 ms. So `unroll` runs the fused path over blocks of
   ~512 KiB of `gx` when `gx` exceeds 8 MiB (`jaxseq.sequence.block_length`): a scan over
   blocks, each projecting its own steps. The reference-size rows run in blocks of 4 steps
   (before blocks, the run committed in 4ce2304 measured the forward at 1.21x Flax linen for
   LSTM and 1.29x for GRU); the B16 T100 rows (`gx` 3.2 MiB for LSTM) run in one block, where blocks measured
   no faster and cost compile time. Flax linen computes `x_t W_ih` inside its loop and never
   writes the projection.
-* **Where the time goes** (one `jax.profiler` run, not recorded here; LSTM reference size,
-  forward+backward): the two
-  per-step `(32, 256) x (256, 1024)` products (forward `h W_hh`, backward `delta W_hh^T`)
-  run at 80-100 GFLOP/s against ~150-170 for a large GEMM on these 2 cores, and are about
-  40% of the time; Flax's per-step products are no faster. The weight GEMMs over `T·B` rows
-  run near the large-GEMM rate.
+* **Where the time goes**: `benchmarks/results/profile.md` (`python
+  benchmarks/profile_kernels.py`, one process per run, so compare its rows, not its runs).
+  In forward+backward at the reference size the fused path spends fewer seconds in matmuls
+  than Flax linen (GRU 108 vs 149 ms; LSTM about equal in that run) and more outside them
+  (GRU 97 vs 51 ms): per-step gate math, copies and concatenates in the backward scan, a
+  zero-filled `(T, B, 3H)` cotangent buffer (9 ms) and loop overhead. The per-step
+  `(32, 256) x (256, G·H)` products, forward and backward, are the largest items for every
+  implementation (GRU: 32 + 27 ms of 206 ms), at ~100 GFLOP/s where GEMMs over 8,192 rows
+  reach ~140; no library here does fewer of them.
 * **Backward.** The fused backward is JAX's transpose of the linear tangent rule: one reverse
   scan over `(B, H)` cotangents with `delta_t W_hh^T` as its only matmul, then `dW_hh` and
   `dW_ih` as single GEMMs over `T·B` rows. Against the reference (`lax.scan` autodiff, `dW`
@@ -742,12 +745,17 @@ def main(argv=None):
     replaced = {(name, c.dtype) for c in configs}
     saved["runs"] = [r for r in saved["runs"]
                      if (_set_of(r), r.get("dtype", "float32")) not in replaced] + runs
-    # A record whose sets have no runs left (all replaced) goes.
-    saved["sections"] = {key: section for key, section in saved["sections"].items()
-                         if set(key.split(" (")[0].split(", ")) & {_set_of(r) for r in
-                                                                  saved["runs"]}}
     own_dtype = [c.dtype for c in configs] == [c.dtype for c in plan.configs]
-    saved["sections"][name if own_dtype else f"{name} ({args.dtype})"] = {
+    key = name if own_dtype else f"{name} ({args.dtype})"
+    # A record whose sets have no runs left (all replaced) goes, and so does a record of
+    # several sets (saved before sets existed) that includes this one: its numbers are no
+    # longer those of this set's runs.
+    left = {_set_of(r) for r in saved["runs"]}
+    saved["sections"] = {
+        k: section for k, section in saved["sections"].items()
+        if set(k.split(" (")[0].split(", ")) & left
+        and not ("," in k and name in k.split(" (")[0].split(", "))}
+    saved["sections"][key] = {
         "processes": processes, "repeats": repeats, "load": [load_before, _load()],
         "wall_s": time.perf_counter() - start, "machine": machine(),
         "date": datetime.date.today().isoformat(),

@@ -161,7 +161,8 @@ def report(results: dict, top: int) -> str:
            f"{jax.default_backend()} backend, jax {jax.__version__}. One process; times per "
            "call, averaged over the profiled calls. Self time: an operation's time minus "
            "the operations nested in it (a `while` loop's own time is its loop overhead); outside "
-           "operations: the wall time no operation accounts for (dispatch, waits). "
+           "operations: the wall time no operation accounts for (dispatch, waits; below zero "
+           "when operations ran on both threads at once). "
            "Regenerate with `python benchmarks/profile_kernels.py`.", ""]
   for (cell, size, mode), by_implementation in results.items():
     lines += [f"## {cell}, B, T, D, H = {size}, {mode}", "",
