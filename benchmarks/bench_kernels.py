@@ -158,8 +158,9 @@ QUICK_DEFAULT_SETS = ("reference", "long", "bf16", "sweep")
 
 # ----------------------------------------------------------------------------- workers
 #
-# Each builder returns ``(forward, grad, params, run)``: two blocking calls on fixed inputs,
-# the trainable parameters (for their count) and ``run()``, the forward's output.
+# Each JAX implementation's builder returns its model ``(apply, params, xs)``: the forward
+# ``apply(params, xs)`` on fixed inputs (``model``; ``_jitted`` makes the timed calls of it,
+# ``profile_kernels.py`` profiles it). PyTorch's returns ``_jitted``'s four calls directly.
 
 
 def _inputs(config):
@@ -199,10 +200,10 @@ def _jaxseq(kernel, config):
   xs = _inputs(config)
   if config.layers == 1:
     params = cells[0].init(jax.random.PRNGKey(0), config.D)
-    return _jitted(lambda p, x: jaxseq.unroll(cells[0], p, x, kernel=kernel)[0], params, xs)
+    return lambda p, x: jaxseq.unroll(cells[0], p, x, kernel=kernel)[0], params, xs
   layer = jaxseq.stack(*(jaxseq.recurrent(cell, kernel=kernel) for cell in cells))
   params = layer.init(jax.random.PRNGKey(0), config.D)
-  return _jitted(lambda p, x: layer.apply(p, x)[0], params, xs)
+  return lambda p, x: layer.apply(p, x)[0], params, xs
 
 
 def _flax(config):
@@ -217,7 +218,7 @@ def _flax(config):
   model = rnns[0] if config.layers == 1 else nn.Sequential(rnns)
   xs = _inputs(config)
   params = model.init(jax.random.PRNGKey(0), xs)
-  return _jitted(model.apply, params, xs)
+  return model.apply, params, xs
 
 
 def _nnx(config):
@@ -239,7 +240,7 @@ def _nnx(config):
     for rnn in nnx.merge(graph, params, rest).layers:
       xs = rnn(xs, initial_carry=carry)
     return xs
-  return _jitted(apply, params, _inputs(config))
+  return apply, params, _inputs(config)
 
 
 def _cast(tree, dtype):
@@ -271,7 +272,7 @@ def _equinox(config):
     for cell in eqx.combine(_cast(params, dtype), static):
       xs = jax.vmap(lambda seq: sequence(cell, seq))(xs)
     return xs
-  return _jitted(apply, params, _inputs(config))
+  return apply, params, _inputs(config)
 
 
 def _haiku(config):
@@ -290,7 +291,7 @@ def _haiku(config):
   xs = jnp.swapaxes(_inputs(config), 0, 1)
   # hk.Linear makes its parameters in the inputs' dtype: initialise in float32.
   params = model.init(jax.random.PRNGKey(0), xs.astype(jnp.float32))
-  return _jitted(lambda p, x: model.apply(_cast(p, dtype), x), params, xs)
+  return lambda p, x: model.apply(_cast(p, dtype), x), params, xs
 
 
 def _torch(config):
@@ -312,8 +313,13 @@ def _torch(config):
   return forward, grad, list(module.parameters()), forward
 
 
-BUILDERS = {"flax": _flax, "nnx": _nnx, "equinox": _equinox, "haiku": _haiku,
-            "torch": _torch}
+JAX_PEERS = {"flax": _flax, "nnx": _nnx, "equinox": _equinox, "haiku": _haiku}
+
+
+def model(name, config):
+  """``(apply, params, xs)`` of the JAX implementation ``name`` (a jaxseq path or a JAX
+  peer) on ``config``: ``apply(params, xs)`` is the forward's output."""
+  return _jaxseq(name, config) if name in JAXSEQ_PATHS else JAX_PEERS[name](config)
 
 
 def _size(params):
@@ -341,24 +347,25 @@ def worker(config, repeats, modes=MODES, implementations=IMPLEMENTATIONS):
   """
   import jax
   importlib.import_module("jaxseq")   # imports outside the compile times
-  unavailable = {name: why for name in implementations if name in BUILDERS
+  unavailable = {name: why for name in implementations if name in PEER_MODULES
                  for why in [_peer_missing(name)] if why}
   jax.block_until_ready(jax.jit(lambda x: x + 1)(1.0))
   for warm in ("xla", "reference"):  # one-time costs outside the first compile time
-    _jaxseq(warm, Config("", config.cell, 2, 3, 2, 4))[1]()
+    _jitted(*model(warm, Config("", config.cell, 2, 3, 2, 4)))[1]()
   fns, compile_s, params, output = {}, {}, {}, {}
   for name in implementations:
     if name in unavailable:
       continue
     start = time.perf_counter()
     if name in JAXSEQ_PATHS:
-      forward, grad, weights, run = _jaxseq(name, config)
+      forward, grad, weights, run = _jitted(*model(name, config))
       calls = {"forward": forward, "forward+backward": grad}
       for mode in modes:
         calls[mode]()       # first calls: compilation (warm-up for PyTorch)
     else:
       try:
-        forward, grad, weights, run = BUILDERS[name](config)
+        forward, grad, weights, run = (_torch(config) if name == "torch"
+                                       else _jitted(*model(name, config)))
         calls = {"forward": forward, "forward+backward": grad}
         for mode in modes:
           calls[mode]()

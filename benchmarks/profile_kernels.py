@@ -12,9 +12,10 @@ everything else, and the operations that took longest, with how often they ran p
 and their result shapes. Times are one process on a shared machine: compare the rows of
 one run, and run it again before citing a number.
 
-Implementations: ``xla`` (``jaxseq.unroll``, the fused path, the default), ``reference``
-(``kernel="reference"``, ``lax.scan`` differentiated by JAX) and ``flax`` (Flax linen
-``nn.RNN`` of ``OptimizedLSTMCell`` / ``GRUCell``; the jaxseq paths only for other cells).
+Implementations: ``bench_kernels.py``'s JAX models, by default ``xla`` (``jaxseq.unroll``,
+the fused path), ``reference`` (``kernel="reference"``, ``lax.scan`` differentiated by JAX)
+and ``flax`` (Flax linen ``nn.RNN`` of ``OptimizedLSTMCell`` / ``GRUCell``); also
+``xla-store``, ``nnx``, ``equinox``, ``haiku``. Peers run LSTM and GRU only.
 
     python benchmarks/profile_kernels.py                      # LSTM and GRU, reference size
     python benchmarks/profile_kernels.py --cell min_gru --size 16,4096,128,128
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gzip
+import importlib.util
 import json
 import os
 import pathlib
@@ -36,9 +38,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
-
-import jaxseq
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "profile.md"
 MODES = ("forward", "forward+backward")
@@ -47,23 +46,24 @@ _CALLS = re.compile(r"calls=%([\w.\-]+)")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ")
 
 
+def _bench_kernels():
+  """``benchmarks/bench_kernels.py``, whose models this script profiles."""
+  spec = importlib.util.spec_from_file_location(
+      "_bench_kernels", pathlib.Path(__file__).with_name("bench_kernels.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+BENCH = _bench_kernels()
+
+
 def functions(cell_name: str, implementation: str, B: int, T: int, D: int, H: int):
-  """``(forward, gradient, params, xs)`` of one implementation: jittable functions of
-  ``(params, xs)``."""
-  xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, D))
-  if implementation == "flax":
-    import flax.linen as nn
-    cells = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
-    if cell_name not in cells:
-      raise ValueError(f"flax: expected a cell in {sorted(cells)}, got {cell_name!r}")
-    model = nn.RNN(cells[cell_name](H))
-    params = model.init(jax.random.PRNGKey(0), xs)
-    forward = model.apply
-  else:
-    cell = getattr(jaxseq, cell_name)(H)
-    params = cell.init(jax.random.PRNGKey(0), D)
-    forward = lambda p, x: jaxseq.unroll(cell, p, x, kernel=implementation)[0]
-  gradient = jax.grad(lambda p, x: jnp.sum(forward(p, x) ** 2))
+  """``(forward, gradient, params, xs)`` of one implementation (``bench_kernels.model``):
+  jittable functions of ``(params, xs)``, the gradient that of ``sum(ys ** 2)``."""
+  forward, params, xs = BENCH.model(implementation, BENCH.Config("profile", cell_name, B, T,
+                                                                 D, H))
+  gradient = jax.grad(lambda p, x: BENCH._loss(forward(p, x)))
   return forward, gradient, params, xs
 
 
@@ -204,8 +204,8 @@ def main(argv=None):
         parser.error(f"--modes: expected names from {MODES}, got {mode!r}")
       row = results.setdefault((cell, ", ".join(map(str, size)), mode), {})
       for name in args.implementations.split(","):
-        if name == "flax" and cell not in ("lstm", "gru"):
-          continue
+        if name in BENCH.JAX_PEERS and cell not in BENCH.CELLS:
+          continue          # the peers' cells: LSTM and GRU
         forward, gradient, params, xs = functions(cell, name, *size)
         row[name] = profile(forward if mode == "forward" else gradient, (params, xs), calls)
         print(f"{cell} {mode} {name}: " + ", ".join(
