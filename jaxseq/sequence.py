@@ -189,16 +189,16 @@ def block_length(gx_0: Any, num_steps: int) -> int | None:
   """Steps per block of the fused XLA path on CPU, or ``None`` for one block.
 
   On CPU a ``(T, *batch, gates)`` input projection larger than the cache is slow to write
-  and read back. One profiling run (``jax.profiler``, not a recorded benchmark) at LSTM
-  B32 T256 D128 H256, forward+backward, ``gx`` 32 MiB: the projection GEMM took 33 ms where
-  GEMMs over 2,048 rows take 3.2 ms each (13 ms for the same rows), its bias add 16 ms, the
-  backward's zero-filled cotangent buffer 15 ms. So where ``gx`` exceeds
+  and read back (``benchmarks/results/profile.md``, GRU B32 T256 D128 H256,
+  forward+backward, ``gx`` 24 MiB: the reference scan's projection in one GEMM took 33 ms,
+  the same GEMM in the fused path's 64 blocks 13 ms in all; the reference's bias add over
+  it 9 ms, its zero-filled cotangent buffer 15 ms). So where ``gx`` exceeds
   ``16 * BLOCK_BYTES`` the sequence runs in blocks of about ``BLOCK_BYTES`` each
   (``chunked`` without checkpointing; a block length that divides T where one is within
   2x): a scan over blocks that projects one block, then runs the kernel over it. Forward
   against Flax linen at that size, ``benchmarks/results/kernels.md``: LSTM 1.21x and GRU
-  1.29x in one block (the run committed before blocks), 1.08x and 1.37x (medians over 3
-  processes, with a wide spread) in blocks. The price is compile time (a scan around the
+  1.29x in one block (the run committed before blocks), 1.05x and 0.82x (medians over 3
+  processes) in blocks. The price is compile time (a scan around the
   kernel; a probe, 2-layer bidirectional LSTM B16 T100: 1.8 s in one block, 5.3 s in
   blocks with a shorter last one), hence blocks for large projections only. Values equal
   the one-block path's up to float rounding. On GPU and TPU one large GEMM is the fast way,
