@@ -656,8 +656,8 @@ NOTES = """## Reading the numbers
   (GRU 97 vs 51 ms): per-step gate math, copies and concatenates in the backward scan, a
   zero-filled `(T, B, 3H)` buffer for the forward scan's stacked residuals (9 ms) and loop
   overhead. The per-step `(32, 256) x (256, G·H)` products, forward and backward, are the
-  largest items for every implementation (GRU: 32 + 27 ms of 206 ms, i.e. 100 and 120 GFLOP/s for 256 products of
-  12.6 MFLOP each); no library here does fewer of them.
+  largest items for every implementation (GRU: 32 + 27 ms of 206 ms, i.e. 100 and 120
+  GFLOP/s for 256 products of 12.6 MFLOP each); no library here does fewer of them.
 * **Backward.** The fused backward is JAX's transpose of the linear tangent rule: one reverse
   scan over `(B, H)` cotangents with `delta_t W_hh^T` as its only matmul, then `dW_hh` and
   `dW_ih` as single GEMMs over `T·B` rows. Against the reference (`lax.scan` autodiff, `dW`
