@@ -639,16 +639,16 @@ NOTES = """## Reading the numbers
   stacked `gx` into every elementwise consumer, and those fusions ran about 2x slower than the
   same math on a plain `(B, 4H)` buffer.
 * **Blocks (CPU).** A `(T, B, 4H)` input projection larger than the cache is slow on this
-  machine whoever writes it. `profile.md`, GRU B32 T256 D128 H256 forward+backward (`gx`
-  24 MiB): the reference scan's projection, one `(8192, 128) x (128, 768)` GEMM, took
-  33 ms, where the fused path's 64 blocks of the same GEMM took 13 ms in all; the
-  reference's bias add over it 9 ms and its zero-filled cotangent buffer 15 ms. So `unroll` runs the fused path over blocks of
-  ~512 KiB of `gx` when `gx` exceeds 8 MiB (`jaxseq.sequence.block_length`): a scan over
-  blocks, each projecting its own steps. The reference-size rows run in blocks of 4 steps
-  (before blocks, the run committed in 4ce2304 measured the forward at 1.21x Flax linen for
-  LSTM and 1.29x for GRU); the B16 T100 rows (`gx` 3.2 MiB for LSTM) run in one block, where blocks measured
-  no faster and cost compile time. Flax linen computes `x_t W_ih` inside its loop and never
-  writes the projection.
+  machine whoever writes it. `profile.md`, GRU B32 T256 D128 H256 forward+backward (`gx` 24
+  MiB): the reference scan's projection, one `(8192, 128) x (128, 768)` GEMM, took 33 ms,
+  where the fused path's 64 blocks of the same GEMM took 13 ms in all; the reference's bias
+  add over it 9 ms and its zero-filled cotangent buffer 15 ms. So `unroll` runs the fused
+  path over blocks of ~512 KiB of `gx` when `gx` exceeds 8 MiB
+  (`jaxseq.sequence.block_length`): a scan over blocks, each projecting its own steps. The
+  reference-size rows run in blocks of 4 steps (before blocks, the run committed in 4ce2304
+  measured the forward at 1.21x Flax linen for LSTM and 1.29x for GRU); the B16 T100 rows
+  (`gx` 3.2 MiB for LSTM) run in one block, where blocks measured no faster and cost compile
+  time. Flax linen computes `x_t W_ih` inside its loop and never writes the projection.
 * **Where the time goes**: `benchmarks/results/profile.md` (`python
   benchmarks/profile_kernels.py`, one process per run, so compare its rows, not its runs).
   In forward+backward at the reference size the fused path spends fewer seconds in matmuls
