@@ -66,12 +66,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import importlib
 import importlib.metadata
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -81,6 +79,12 @@ from typing import Any, Callable, NamedTuple
 
 # JAX and PyTorch share the GPU: do not let XLA take 75% of its memory up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+_HERE = str(pathlib.Path(__file__).resolve().parent)
+if _HERE not in sys.path:   # there when run as a script, not when loaded by file path
+  sys.path.insert(0, _HERE)
+import _common  # noqa: E402
+from _common import loss_grad, ms, table, timed  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 TORCH_DEVICE = "cuda"
@@ -144,13 +148,6 @@ class Skip(Exception):
 # ----------------------------------------------------------------------------- machine
 
 
-def _version(module: str) -> str:
-  try:
-    return importlib.import_module(module).__version__
-  except Exception:
-    return "not installed"
-
-
 def _distribution(name: str) -> str:
   """An installed package's version without importing it."""
   try:
@@ -165,16 +162,16 @@ def gpu_backend() -> bool:
 
 
 def machine() -> dict:
-  """The JAX device, library versions and JAX's float32 matmul setting. PyTorch is not
-  imported here (see ``torch_info``): its CUDA libraries stay out of this process."""
+  """The host (``_common.machine``), the JAX device, library versions and JAX's float32
+  matmul setting. PyTorch is not imported here (see ``torch_info``): its CUDA libraries stay
+  out of this process."""
   import jax
   import jaxseq
   device = jax.devices()[0]   # initialises JAX's backend first
-  return {"backend": jax.default_backend(), "jax_device": device.device_kind,
-          "jax_devices": jax.device_count(), "python": platform.python_version(),
-          "cpus": os.cpu_count(), "host": platform.machine(),
-          "versions": {"jax": _version("jax"), "jaxlib": _version("jaxlib"),
-                       "flax": _version("flax"), "torch": _distribution("torch")},
+  return {**_common.machine(), "jax_device": device.device_kind,
+          "jax_devices": jax.device_count(),
+          "versions": {"jax": _common.version("jax"), "jaxlib": _common.version("jaxlib"),
+                       "flax": _common.version("flax"), "torch": _distribution("torch")},
           "jaxseq_kernels": list(jaxseq.kernels.available()),
           "jax_default_matmul_precision": str(
               getattr(jax.config, "jax_default_matmul_precision", None))}
@@ -232,11 +229,6 @@ def shared_data(config: Config) -> dict:
   return {"xs": xs.astype(jnp.dtype(config.dtype)), "lstm": params}
 
 
-def _loss(ys):
-  import jax.numpy as jnp
-  return jnp.sum(jnp.square(ys.astype(jnp.float32)))
-
-
 def _as_numpy(ys):
   import numpy as np
   return np.asarray(ys, dtype=np.float32)
@@ -245,7 +237,7 @@ def _as_numpy(ys):
 def _jitted(apply, params, xs, compare: bool):
   import jax
   forward = jax.jit(apply)
-  grad = jax.jit(jax.grad(lambda p, x: _loss(apply(p, x))))
+  grad = jax.jit(loss_grad(apply))
   output = (lambda: _as_numpy(forward(params, xs))) if compare else (lambda: None)
   return (lambda: jax.block_until_ready(forward(params, xs)),
           lambda: jax.block_until_ready(grad(params, xs)), output)
@@ -385,12 +377,6 @@ def build(row: Row, config: Config, data: dict, pallas_interpret: bool = False):
 # ----------------------------------------------------------------------------- timing
 
 
-def _timed(call: Callable[[], Any]) -> float:
-  start = time.perf_counter()
-  call()
-  return time.perf_counter() - start
-
-
 def _summary(times: list) -> dict:
   return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
           "n": len(times)}
@@ -404,7 +390,7 @@ def _repeat(call: Callable[[], Any], repeats: int, deadline: float) -> list:
   """Times up to ``repeats`` calls, fewer (at least one) once ``deadline`` has passed."""
   times = []
   while len(times) < repeats and (not times or time.perf_counter() < deadline):
-    times.append(_timed(call))
+    times.append(timed(call))
   return times
 
 
@@ -421,7 +407,7 @@ def time_row(row: Row, config: Config, data: dict, forward_repeats: int,
   try:
     (forward, grad, output), info = build(row, config, data, pallas_interpret)
     record.update(info)
-    compile_s = {"forward": _timed(forward), "forward+backward": _timed(grad)}
+    compile_s = {"forward": timed(forward), "forward+backward": timed(grad)}
     deadline = time.perf_counter() + limit_s
     if warmup:
       _repeat(forward, warmup, deadline)
@@ -552,20 +538,12 @@ def _progress(config: Config, record: dict) -> str:
   if record["status"] != "ok":
     return f"{head} {record['status']} ({record['reason']})"
   compile_s = record["compile_s"]
-  return (f"{head} forward {_ms(record['forward']['median_s'])}, forward+backward "
-          f"{_ms(record['forward+backward']['median_s'])} (compile {compile_s['forward']:.1f}"
+  return (f"{head} forward {ms(record['forward']['median_s'])}, forward+backward "
+          f"{ms(record['forward+backward']['median_s'])} (compile {compile_s['forward']:.1f}"
           f" s + {compile_s['forward+backward']:.1f} s)")
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def _ms(seconds: float | None) -> str:
-  if seconds is None:
-    return "n/a"
-  if seconds >= 1e-3:
-    return f"{seconds * 1e3:.2f} ms" if seconds < 0.1 else f"{seconds * 1e3:.0f} ms"
-  return f"{seconds * 1e6:.0f} µs"
 
 
 def _time(record: dict | None, mode: str) -> float | None:
@@ -578,10 +556,6 @@ def _ratio(numerator: float | None, denominator: float | None) -> str:
   if numerator is None or denominator is None:
     return "n/a"
   return f"{numerator / denominator:.2f}x"
-
-
-def _table(head: str, rows: list) -> list:
-  return [head, "| " + " | ".join("---" for _ in head.strip("|").split("|")) + " |", *rows, ""]
 
 
 def targets(result: dict) -> list:
@@ -664,7 +638,7 @@ def report(saved: dict) -> str:
               "call(s) of each.", ""]
     diffs = result.get("agreement", {}).get("max_abs_diff", {})
     against = result.get("agreement", {}).get("against")
-    table = []
+    body = []
     for name, record in rows.items():
       if record["status"] != "ok":
         continue
@@ -673,28 +647,28 @@ def report(saved: dict) -> str:
       path = record.get("path", "")
       diff = (f"{diffs[name]:.1e}" if name in diffs else "(base)" if name == against
               else "n/a")
-      table.append(
+      body.append(
           f"| {CELL_LABELS[record['cell']]} | {record['implementation']} | {path} | "
-          + " | ".join(_ms(t) + _fewer(record[m]["n"], repeats[m])
+          + " | ".join(ms(t) + _fewer(record[m]["n"], repeats[m])
                        for t, m in zip(times, MODES)) + " | "
           + " | ".join(_ratio(t, reference[m]) for t, m in zip(times, MODES)) + " | "
           + f"{compile_s['forward']:.1f} s / {compile_s['forward+backward']:.1f} s | "
           + f"{diff} |")
-    lines += _table("| cell | implementation | path | forward | forward+backward | forward / "
-                    "torch LSTM | fwd+bwd / torch LSTM | compile (fwd / fwd+bwd) | "
-                    "max abs diff of ys |", table)
+    lines += table("| cell | implementation | path | forward | forward+backward | forward / "
+                   "torch LSTM | fwd+bwd / torch LSTM | compile (fwd / fwd+bwd) | "
+                   "max abs diff of ys |", body)
     if against:
       lines += [f"Max abs diff: the LSTM rows share one set of weights (PyTorch's LSTM gets "
                 f"them copied in); each row's forward outputs against `{against}`'s.", ""]
     lines += ["### Targets (issue #8)", ""]
     checks = targets(result)
-    lines += _table("| target | mode | jaxseq row | time | PyTorch cuDNN LSTM | ratio | "
-                    "limit | met |", [
-                        f"| {c['target']} | {c['mode']} | {c['row'] or 'none ran'} | "
-                        f"{_ms(c['time_s'])} | {_ms(c['reference_s'])} | "
-                        f"{'n/a' if c['ratio'] is None else format(c['ratio'], '.2f') + 'x'}"
-                        f" | {'-' if c['limit'] is None else format(c['limit'], 'g') + 'x'} | "
-                        f"{_met(c)} |" for c in checks])
+    lines += table("| target | mode | jaxseq row | time | PyTorch cuDNN LSTM | ratio | "
+                   "limit | met |", [
+                       f"| {c['target']} | {c['mode']} | {c['row'] or 'none ran'} | "
+                       f"{ms(c['time_s'])} | {ms(c['reference_s'])} | "
+                       f"{'n/a' if c['ratio'] is None else format(c['ratio'], '.2f') + 'x'}"
+                       f" | {'-' if c['limit'] is None else format(c['limit'], 'g') + 'x'} | "
+                       f"{_met(c)} |" for c in checks])
     if reference["forward"] is None:
       why = rows.get(TORCH_LSTM, {}).get("reason", "it did not run")
       lines += [f"Not checked: PyTorch's cuDNN LSTM, the reference, did not run ({why}).",
@@ -707,9 +681,9 @@ def report(saved: dict) -> str:
   lines += ["## Published figures, for context (not measured here)", "",
             "FlashRNN's repository figure (Pöppel et al., 2024), H100, B16 T1024 H768, "
             "bfloat16, as published:", ""]
-  lines += _table("| implementation | forward | forward+backward |",
-                  [f"| {name} | {fwd:.2f} ms | {both:.2f} ms |"
-                   for name, fwd, both in PUBLISHED])
+  lines += table("| implementation | forward | forward+backward |",
+                 [f"| {name} | {fwd:.2f} ms | {both:.2f} ms |"
+                  for name, fwd, both in PUBLISHED])
   lines += ["They are bfloat16 times on another GPU, with FlashRNN's own harness: set them "
             "beside a `--dtype bfloat16` run's, as orders of magnitude; the targets above "
             "compare with PyTorch's cuDNN LSTM measured in this run.", ""]

@@ -80,12 +80,17 @@ import importlib
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from typing import NamedTuple
+
+_HERE = str(pathlib.Path(__file__).resolve().parent)
+if _HERE not in sys.path:   # there when run as a script, not when loaded by file path
+  sys.path.insert(0, _HERE)
+import _common  # noqa: E402
+from _common import load, loss_grad, ms, table, timed  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 IMPLEMENTATIONS = ("xla", "xla-store", "reference", "flax", "nnx", "equinox", "haiku", "torch")
@@ -170,16 +175,11 @@ def _inputs(config):
   return xs.astype(jnp.dtype(config.dtype))
 
 
-def _loss(ys):
-  import jax.numpy as jnp
-  return jnp.sum(jnp.square(ys.astype(jnp.float32)))
-
-
 def _jitted(apply, params, xs):
   """Blocking forward and gradient calls of ``apply(params, xs)``, both jitted."""
   import jax
   forward = jax.jit(apply)
-  grad = jax.jit(jax.grad(lambda p, x: _loss(apply(p, x))))
+  grad = jax.jit(loss_grad(apply))
   return (lambda: jax.block_until_ready(forward(params, xs)),
           lambda: jax.block_until_ready(grad(params, xs)), params,
           lambda: forward(params, xs))
@@ -385,9 +385,7 @@ def worker(config, repeats, modes=MODES, implementations=IMPLEMENTATIONS):
     order = names[round_ % len(names):] + names[:round_ % len(names)]
     for mode in modes:
       for name in order:
-        start = time.perf_counter()
-        fns[name][mode]()
-        times[name][mode].append(time.perf_counter() - start)
+        times[name][mode].append(timed(fns[name][mode]))
   print(json.dumps({**config._asdict(), "repeats": repeats, "compile_s": compile_s,
                     "median_s": {n: {m: statistics.median(v) for m, v in t.items()}
                                  for n, t in times.items()},
@@ -398,44 +396,15 @@ def worker(config, repeats, modes=MODES, implementations=IMPLEMENTATIONS):
 # ----------------------------------------------------------------------------- report
 
 
-def _ms(seconds):
-  return f"{seconds * 1e3:.1f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.0f} µs"
-
-
-def _load():
-  try:
-    return float(os.getloadavg()[0])
-  except OSError:
-    return float("nan")
-
-
-def _version(module):
-  try:
-    return importlib.import_module(module).__version__
-  except Exception:
-    return "not installed"
-
-
 def machine():
   """The machine and library versions, recorded with each set's results."""
-  import jax
-  cpu = platform.processor() or platform.machine()
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
   try:
     import torch
     threads = torch.get_num_threads()
   except ImportError:
     threads = None
-  return {"cpu": cpu, "arch": platform.machine(), "cpus": os.cpu_count(),
-          "backend": jax.default_backend(), "python": platform.python_version(),
-          "versions": {m: _version(m) for m in ("jax", "flax", "equinox", "haiku", "torch")},
-          "torch_threads": threads}
+  versions = {m: _common.version(m) for m in ("jax", "flax", "equinox", "haiku", "torch")}
+  return {**_common.machine(), "versions": versions, "torch_threads": threads}
 
 
 def _machine_line(info):
@@ -499,10 +468,6 @@ def _present(groups):
   return [name for name in IMPLEMENTATIONS if name in ran or name in JAXSEQ_PATHS]
 
 
-def _table(head, rows):
-  return [head, "| " + " | ".join("---" for _ in head.strip("|").split("|")) + " |", *rows, ""]
-
-
 def sweep_table(runs, fixed):
   """Markdown tables of the sweep's forward+backward medians against T and against H."""
   groups = _groups(runs)
@@ -514,9 +479,9 @@ def sweep_table(runs, fixed):
                                 key=lambda item: getattr(item[0], axis)):
       cells = [_median_time(group, n, "forward+backward") for n in names]
       rows.append(f"| {getattr(config, axis)} | {_size_label(config)} | " + " | ".join(
-          _ms(t) if t is not None else "n/a" for t in cells) + " |")
-    lines += _table(f"| {axis} | B, T, D, H | " + " | ".join(LABELS[n] for n in names) + " |",
-                    rows)
+          ms(t) for t in cells) + " |")
+    lines += table(f"| {axis} | B, T, D, H | " + " | ".join(LABELS[n] for n in names) + " |",
+                   rows)
   return lines
 
 
@@ -579,7 +544,7 @@ def report(runs, sections, quick=False, plot_name=None):
       "next (observed on 2026-12-03), more than inside one process, so each ratio is the "
       "median over the processes with their range in brackets (one process: no range); "
       "times are medians over the processes.", ""]
-  lines += _table("| set | processes × repeats | date | load before / after | minutes |", [
+  lines += table("| set | processes × repeats | date | load before / after | minutes |", [
       f"| {name} | {s.get('processes', '?')} × {s.get('repeats', '?')} | "
       f"{s.get('date', 'not recorded')} | {s['load'][0]:.1f} / {s['load'][1]:.1f} on "
       f"{(s.get('machine') or {}).get('cpus', os.cpu_count())} CPUs | "
@@ -587,19 +552,18 @@ def report(runs, sections, quick=False, plot_name=None):
   head = "| set | cell | dtype | B, T, D, H |"
   for mode in ("forward+backward", "forward"):
     lines += [f"## {mode}: median times", ""]
-    lines += _table(head + " " + " | ".join(LABELS[n] for n in names) + " |", [
+    lines += table(head + " " + " | ".join(LABELS[n] for n in names) + " |", [
         _row_start(config) + " " + " | ".join(
-            _ms(t) if t is not None else "n/a"
-            for t in (_median_time(group, n, mode) for n in names)) + " |"
+            ms(_median_time(group, n, mode)) for n in names) + " |"
         for config, group in groups])
     lines += [f"## {mode}: xla / other", "",
               "Ratio = jaxseq xla time / other time (below 1: the fused path is faster).", ""]
-    lines += _table(head + " " + " | ".join(f"xla / {LABELS[n]}" for n in names[1:]) + " |", [
+    lines += table(head + " " + " | ".join(f"xla / {LABELS[n]}" for n in names[1:]) + " |", [
         _row_start(config) + " " + " | ".join(_ratio(group, n, mode) for n in names[1:]) + " |"
         for config, group in groups])
   lines += ["## Compile time (first forward + first forward+backward call; median over "
             "processes)", ""]
-  lines += _table(head + " " + " | ".join(LABELS[n] for n in names) + " |", [
+  lines += table(head + " " + " | ".join(LABELS[n] for n in names) + " |", [
       _row_start(config) + " " + " | ".join(
           f"{statistics.median(vs):.2f} s" if vs else "n/a"
           for vs in ([r["compile_s"][n] for r in group if n in r["compile_s"]] for n in names))
@@ -737,7 +701,7 @@ def main(argv=None):
     plan = sets[name]
     configs = [c._replace(dtype=args.dtype or c.dtype) for c in plan.configs]
     processes, repeats = args.processes or plan.processes, args.repeats or plan.repeats
-    load_before, start, runs = _load(), time.perf_counter(), []
+    load_before, start, runs = load(), time.perf_counter(), []
     for config in [c for c in configs for _ in range(processes)]:
       # PyTorch's OpenMP threads busy-wait after each call by default, stealing the CPUs
       # from the JAX call that follows in the same process: make them sleep instead.
@@ -747,7 +711,7 @@ def main(argv=None):
                            check=True, capture_output=True, text=True, env=env).stdout
       runs.append(json.loads(out.strip().splitlines()[-1]))
       print(f"{name} {config.cell} {config.dtype} {_size_label(config)}: " + ", ".join(
-          f"{n} {_ms(t['forward+backward'])}" for n, t in runs[-1]["median_s"].items()),
+          f"{n} {ms(t['forward+backward'])}" for n, t in runs[-1]["median_s"].items()),
             flush=True)
     replaced = {(name, c.dtype) for c in configs}
     saved["runs"] = [r for r in saved["runs"]
@@ -763,7 +727,7 @@ def main(argv=None):
         if set(k.split(" (")[0].split(", ")) & left
         and not ("," in k and name in k.split(" (")[0].split(", "))}
     saved["sections"][key] = {
-        "processes": processes, "repeats": repeats, "load": [load_before, _load()],
+        "processes": processes, "repeats": repeats, "load": [load_before, load()],
         "wall_s": time.perf_counter() - start, "machine": machine(),
         "date": datetime.date.today().isoformat(),
         **({"fixed": (QUICK_SWEEP if args.quick else SWEEP)._asdict()}

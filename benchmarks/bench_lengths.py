@@ -16,14 +16,18 @@ import argparse
 import os
 import pathlib
 import platform
-import statistics
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxseq
+
+_HERE = str(pathlib.Path(__file__).resolve().parent)
+if _HERE not in sys.path:   # there when run as a script, not when loaded by file path
+  sys.path.insert(0, _HERE)
+from _common import compiled, interleaved, write  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "lengths.md"
 
@@ -43,7 +47,7 @@ def jaxseq_grad(B, T, D, H, with_lengths):
   def loss(p, x, n):
     ys, _ = layer.apply(p, x, lengths=n if with_lengths else None)
     return jnp.sum(ys ** 2)
-  return jax.jit(jax.grad(loss)), (params, xs, lengths)
+  return jax.grad(loss), (params, xs, lengths)
 
 
 def flax_grad(B, T, D, H, with_lengths):
@@ -66,20 +70,14 @@ def flax_grad(B, T, D, H, with_lengths):
     if with_lengths:  # Flax leaves garbage past the lengths: compare like with like
       ys = jnp.where(jnp.arange(x.shape[1])[None, :, None] < n[:, None, None], ys, 0)
     return jnp.sum(ys ** 2)
-  return jax.jit(jax.grad(loss)), (params, xs, lengths)
+  return jax.grad(loss), (params, xs, lengths)
 
 
 def measure(make, shape, with_lengths, repeats):
+  """``(compile seconds, median step seconds)`` of ``make``'s gradient under ``jax.jit``."""
   fn, args = make(*shape, with_lengths)
-  start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  compile_s = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return compile_s, statistics.median(times)
+  step, compile_s = compiled(fn, *args)
+  return compile_s, interleaved({"step": step}, repeats)["step"]
 
 
 def main():
@@ -104,9 +102,7 @@ def main():
         lines.append(f"| {shape} | {name} | {'yes' if with_lengths else 'no'} | "
                      f"{compile_s:.2f} | {step_s * 1e3:.1f} | {step_s / base:.2f}x |")
         print(lines[-1], flush=True)
-  RESULTS.parent.mkdir(parents=True, exist_ok=True)
-  RESULTS.write_text("\n".join(lines) + "\n")
-  print(f"wrote {RESULTS}")
+  write(RESULTS, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import platform
+import sys
 import time
 
 import jax
@@ -22,6 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxseq
+
+_HERE = str(pathlib.Path(__file__).resolve().parent)
+if _HERE not in sys.path:   # there when run as a script, not when loaded by file path
+  sys.path.insert(0, _HERE)
+from _common import compiled, write  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "long.md"
 
@@ -55,10 +61,9 @@ def main(argv=None) -> None:
   for name, make in CELLS.items():
     cell = make(H, T) if "chrono" in name else make(H)
     params = cell.init(jax.random.PRNGKey(0), D)
-    run = jax.jit(lambda p, x, cell=cell: jaxseq.unroll(cell, p, x))
-    jax.block_until_ready(run(params, xs))
+    run, _ = compiled(lambda p, x, cell=cell: jaxseq.unroll(cell, p, x), params, xs)
     start = time.perf_counter()
-    ys, carry = jax.block_until_ready(run(params, xs))
+    ys, carry = run()
     seconds = time.perf_counter() - start
     leaves = [np.asarray(l, np.float32) for l in jax.tree.leaves(carry)]
     finite = bool(np.isfinite(np.asarray(ys, np.float32)).all()
@@ -68,8 +73,7 @@ def main(argv=None) -> None:
     lines.append(f"| {name} | {'yes' if finite else '**no**'} | {top_y:.4g} | {top_c:.4g} | "
                  f"{ys.dtype} | {seconds:.2f} |")
     print(lines[-1], flush=True)
-  pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
-  print(f"wrote {args.out}")
+  write(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

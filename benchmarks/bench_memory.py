@@ -26,6 +26,11 @@ import subprocess
 import sys
 import time
 
+_HERE = str(pathlib.Path(__file__).resolve().parent)
+if _HERE not in sys.path:   # there when run as a script, not when loaded by file path
+  sys.path.insert(0, _HERE)
+from _common import write  # noqa: E402
+
 RESULTS = pathlib.Path(__file__).parent / "results" / "memory.md"
 
 CHILD = r"""
@@ -101,9 +106,7 @@ def main(argv=None) -> None:
     ratio = remat / plain if plain > 0 else float("nan")
     lines.append(f"- `{kernel}`: the backward adds {mib(remat)} with `remat=True` against "
                  f"{mib(plain)} without: **{ratio:.3f}x** (target <= 0.25x).")
-  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
-  print(f"wrote {args.out}")
+  write(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import argparse
 import os
 import pathlib
 import platform
-import statistics
+import sys
 import time
 
 import jax
@@ -32,32 +32,12 @@ from jax import lax
 import jaxseq
 from jaxseq.cells import min_rnn
 
+_HERE = str(pathlib.Path(__file__).resolve().parent)
+if _HERE not in sys.path:   # there when run as a script, not when loaded by file path
+  sys.path.insert(0, _HERE)
+from _common import compiled, interleaved, load, ms, write  # noqa: E402
+
 RESULTS = pathlib.Path(__file__).parent / "results" / "min_rnn.md"
-
-
-def compiled(fn, *args):
-  """``fn`` jitted and compiled on ``args``: ``(call, compile seconds)``."""
-  jitted = jax.jit(fn)
-  start = time.perf_counter()
-  jax.block_until_ready(jitted(*args))
-  return (lambda: jax.block_until_ready(jitted(*args))), time.perf_counter() - start
-
-
-def interleaved(calls: dict, repeats: int) -> dict:
-  """Median seconds of each call, the calls timed in turn ``repeats`` times."""
-  times = {name: [] for name in calls}
-  for _ in range(repeats):
-    for name, call in calls.items():
-      start = time.perf_counter()
-      call()
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def ms(seconds: float) -> str:
-  if seconds < 1e-3:
-    return f"{seconds * 1e6:.0f} µs"
-  return f"{seconds * 1e3:.{2 if seconds < 1e-2 else 1}f} ms"
 
 
 def cell_paths(make, B, T, D, H):
@@ -203,7 +183,7 @@ def main():
   else:
     B, D, H, repeats, target_t, log_t = 16, 128, 128, 9, 4096, 1024
     Ts = [256, 512, 1024, 2048, 4096]
-  load_before = os.getloadavg()
+  load_before = load()
   started = time.time()
 
   sections = {}
@@ -213,12 +193,12 @@ def main():
   print("target", {k: ms(v) for k, v in target.items()}, flush=True)
   recurrence = bench_recurrence(Ts, B, H, repeats, log_t)
 
-  load_after = os.getloadavg()
+  load_after = load()
   lines = [
       "# min_gru / min_lstm: parallel kernel against the sequential recurrence", "",
       f"Device: {jax.devices()[0].device_kind} ({platform.machine()}, {os.cpu_count()} cores), "
-      f"jax {jax.__version__}, float32. Load average {load_before[0]:.1f} at the start, "
-      f"{load_after[0]:.1f} at the end ({time.time() - started:.0f} s): the machine is shared "
+      f"jax {jax.__version__}, float32. Load average {load_before:.1f} at the start, "
+      f"{load_after:.1f} at the end ({time.time() - started:.0f} s): the machine is shared "
       "with other jobs, so single numbers are noisy (paths are interleaved and medians taken; "
       "compare ratios within a row, not across runs). Regenerate with "
       "`python benchmarks/bench_min_rnn.py`.", "",
@@ -243,9 +223,7 @@ def main():
             "(autodiff backward; with the sequential scan's custom derivative instead, its "
             "backward is the sequential one).", ""]
   lines += recurrence_table(recurrence)
-  args.out.parent.mkdir(parents=True, exist_ok=True)
-  args.out.write_text("\n".join(lines) + "\n")
-  print(f"wrote {args.out}")
+  write(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,25 +15,26 @@ from __future__ import annotations
 import argparse
 import pathlib
 import platform
-import statistics
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
 
 import jaxseq
 
+_HERE = str(pathlib.Path(__file__).resolve().parent)
+if _HERE not in sys.path:   # there when run as a script, not when loaded by file path
+  sys.path.insert(0, _HERE)
+from _common import interleaved, ms, write  # noqa: E402
+
 RESULTS = pathlib.Path(__file__).parent / "results" / "unroll.md"
 
 
 def timed(fn, repeats):
-  fn()  # warm-up (compilation)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  """Median seconds of ``repeats`` calls of ``fn`` after a warm-up call (compilation), ``fn``
+  alone (the peers are timed one after the other, not interleaved)."""
+  fn()
+  return interleaved({"fn": fn}, repeats)["fn"]
 
 
 def jaxseq_fn(B, T, D, H):
@@ -89,19 +90,18 @@ def main():
     t_ours = timed(jaxseq_fn(*shape), repeats)
     t_flax = timed(flax_fn(*shape), repeats)
     t_torch = timed(torch_fn(*shape), repeats)
-    lines.append(f"| {shape} | {t_ours * 1e3:.1f} ms | {t_flax * 1e3:.1f} ms "
-                 f"({t_flax / t_ours:.2f}x) | {t_torch * 1e3:.1f} ms ({t_torch / t_ours:.2f}x) |")
+    lines.append(f"| {shape} | {ms(t_ours)} | {ms(t_flax)} ({t_flax / t_ours:.2f}x) | "
+                 f"{ms(t_torch)} ({t_torch / t_ours:.2f}x) |")
     print(lines[-1])
   lines += ["", "## Gradient memory with checkpointed BPTT (XLA temp bytes, B=16, D=32, H=128)",
-            "", "| T | remat=False | remat=True (√T chunks) | remat=32 |", "| --- | --- | --- | --- |"]
+            "", "| T | remat=False | remat=True (√T chunks) | remat=32 |",
+            "| --- | --- | --- | --- |"]
   for T in ([256] if args.quick else [256, 1024, 4096]):
     sizes = [temp_bytes(T, r) for r in (False, True, 32)]
     cells = ["n/a" if s is None else f"{s / 2**20:.2f} MiB" for s in sizes]
     lines.append(f"| {T} | " + " | ".join(cells) + " |")
     print(lines[-1])
-  RESULTS.parent.mkdir(parents=True, exist_ok=True)
-  RESULTS.write_text("\n".join(lines) + "\n")
-  print(f"wrote {RESULTS}")
+  write(RESULTS, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

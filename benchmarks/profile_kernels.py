@@ -34,10 +34,16 @@ import os
 import pathlib
 import platform
 import re
+import sys
 import tempfile
 import time
 
 import jax
+
+_HERE = str(pathlib.Path(__file__).resolve().parent)
+if _HERE not in sys.path:   # there when run as a script, not when loaded by file path
+  sys.path.insert(0, _HERE)
+from _common import loss_grad, ms, write  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "profile.md"
 MODES = ("forward", "forward+backward")
@@ -63,8 +69,7 @@ def functions(cell_name: str, implementation: str, B: int, T: int, D: int, H: in
   jittable functions of ``(params, xs)``, the gradient that of ``sum(ys ** 2)``."""
   forward, params, xs = BENCH.model(implementation, BENCH.Config("profile", cell_name, B, T,
                                                                  D, H))
-  gradient = jax.grad(lambda p, x: BENCH._loss(forward(p, x)))
-  return forward, gradient, params, xs
+  return forward, loss_grad(forward), params, xs
 
 
 def instructions(hlo_text: str) -> dict:
@@ -150,10 +155,6 @@ def summary(result: dict) -> dict:
           "outside_s": result["wall_s"] - matmul - other}
 
 
-def _ms(seconds: float) -> str:
-  return f"{seconds * 1e3:.1f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.0f} µs"
-
-
 def report(results: dict, top: int) -> str:
   """Markdown of ``{(cell, size, mode): {implementation: profile}}``."""
   lines = ["# Where the time goes: per-operation profiles", "",
@@ -170,8 +171,8 @@ def report(results: dict, top: int) -> str:
               "outside operations |", "| --- | --- | --- | --- | --- |"]
     for name, result in by_implementation.items():
       s = summary(result)
-      lines.append(f"| {name} | {_ms(s['wall_s'])} | {_ms(s['matmul_s'])} | "
-                   f"{_ms(s['other_s'])} | {_ms(s['outside_s'])} |")
+      lines.append(f"| {name} | {ms(s['wall_s'])} | {ms(s['matmul_s'])} | "
+                   f"{ms(s['other_s'])} | {ms(s['outside_s'])} |")
     for name, result in by_implementation.items():
       lines += ["", f"{name}, the {top} longest operations:", "",
                 "| operation | kind | result | per call | time per call |",
@@ -179,7 +180,7 @@ def report(results: dict, top: int) -> str:
       ranked = sorted(result["ops"].items(), key=lambda item: -item[1]["seconds"])
       for op_name, op in ranked[:top]:
         lines.append(f"| `{op_name}` | {op['kind']} | `{op['shape']}` | "
-                     f"{op['count']:g} | {_ms(op['seconds'])} |")
+                     f"{op['count']:g} | {ms(op['seconds'])} |")
     lines.append("")
   return "\n".join(lines)
 
@@ -209,11 +210,9 @@ def main(argv=None):
         forward, gradient, params, xs = functions(cell, name, *size)
         row[name] = profile(forward if mode == "forward" else gradient, (params, xs), calls)
         print(f"{cell} {mode} {name}: " + ", ".join(
-            f"{k} {_ms(v)}" for k, v in summary(row[name]).items()), flush=True)
+            f"{k} {ms(v)}" for k, v in summary(row[name]).items()), flush=True)
   out = args.out or (RESULTS.with_name("profile-quick.md") if args.quick else RESULTS)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(report(results, args.top))
-  print(f"wrote {out}")
+  write(out, report(results, args.top))
   return results
 
 
