@@ -120,6 +120,18 @@ def test_bench_min_rnn_tables():
   assert len(bench.recurrence_table(bench.bench_recurrence([8], 2, 4, 1, 8))) > 2
 
 
+def test_bench_products_times_both_forms(tmp_path):
+  bench = _load("bench_products")
+  rows = bench.measure(bench.QUICK_SHAPES, 1)
+  assert [shape for shape, _ in rows] == list(bench.QUICK_SHAPES)
+  for _, times in rows:                  # both forms, both modes, each timed
+    assert set(times) == {(f, m) for f in bench.FORMS for m in ("forward", "forward+backward")}
+    assert all(_positive(t) for t in times.values())
+  table = [line for line in bench.report(rows, 1, (0.5, 0.5), 1.0).splitlines()
+           if line.startswith("| (") and line[3].isdigit()]
+  assert len(table) == 2 * len(bench.QUICK_SHAPES) and all(line.endswith("x |") for line in table)
+
+
 def test_bench_long_writes_its_table(tmp_path):
   out = tmp_path / "long.md"
   _load("bench_long").main(["--steps", "12", "--out", str(out)])

@@ -13,6 +13,7 @@ from jax.test_util import check_grads
 
 import jaxseq
 from jaxseq.cells.base import LSTMState
+from jaxseq.kernels import xla
 
 KEY = jax.random.PRNGKey(0)
 B, T, D, H = 3, 5, 4, 6
@@ -78,6 +79,20 @@ def _uses_fused_path(fn, *args) -> bool:
 
 
 # ----------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("shape", [(3,), (4, 3), (5, 4, 3), (2, 5, 4, 3)])
+def test_matmul_on_rows_equals_numpy_over_any_leading_axes(x64, shape):
+  """``xla.matmul`` (the dense cells' map, computed on flattened rows) against NumPy's
+  product, values and both gradients (closed forms: ``c w^T`` and ``x^T c``)."""
+  rng = np.random.default_rng(0)
+  x, w = rng.normal(size=shape), rng.normal(size=(3, 6))
+  c = rng.normal(size=shape[:-1] + (6,))
+  np.testing.assert_allclose(xla.matmul(jnp.asarray(x), jnp.asarray(w)), x @ w, rtol=1e-13)
+  dx, dw = jax.grad(lambda x, w: jnp.vdot(xla.matmul(x, w), c), argnums=(0, 1))(x, w)
+  np.testing.assert_allclose(dx, c @ w.T, rtol=1e-12)
+  rows = x.reshape(-1, 3)
+  np.testing.assert_allclose(dw, rows.T @ c.reshape(-1, 6), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))

@@ -152,7 +152,7 @@ def split_cell(init: InitFn, initialize_carry: InitializeCarryFn, project: Proje
 def fused_cell(init: InitFn, initialize_carry: InitializeCarryFn, project: ProjectFn,
                equations: xla.Equations, spec: Any,
                check: Callable[[Params, Carry, jax.Array], None] | None = None,
-               input_sums: tuple = (), linear: xla.Linear = jnp.matmul,
+               input_sums: tuple = (), linear: xla.Linear = xla.matmul,
                fused_linear: xla.Linear | None = None) -> Cell:
   """A ``Cell`` whose recurrent half is written once, as
   ``equations(params, carry, gx_t, recurrent)`` with every recurrent linear map through
@@ -333,12 +333,12 @@ def dense_project(dtype):
   """The dense input half ``x W_ih + b`` (all gates), over any leading axes: computed in
   ``dtype`` (``None``: JAX's promotion of ``x`` and ``W_ih``) with the weight and bias
   gradients accumulated in the params' dtype (``xla.mixed``, ``add_bias``)."""
-  return input_half(dtype, jnp.matmul)
+  return input_half(dtype, xla.matmul)
 
 
 def input_half(dtype, linear: xla.Linear):
   """``linear(x, W_ih) + b`` in ``dtype`` (``None``: promotion), weight and bias gradients
-  in the params' dtype: the input half of dense (``jnp.matmul``) and conv cells."""
+  in the params' dtype: the input half of dense (``xla.matmul``) and conv cells."""
   linear = xla.mixed(linear)
 
   def project(params: Params, xs: jax.Array) -> jax.Array:

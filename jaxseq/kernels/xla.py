@@ -57,6 +57,17 @@ class InputSum(NamedTuple):
   at: int
 
 
+def matmul(a: jax.Array, w: jax.Array) -> jax.Array:
+  """``a @ w`` over any leading axes of ``a``, computed as one 2-D product of the rows
+  ``a.reshape(-1, D)``: the linear map of the dense cells. On XLA:CPU the gradient of a
+  product with two or more leading axes (``(T, B, D) @ (D, G)``, whose weight gradient
+  contracts two axes) ran 1.5-2x slower than that of the same product on the flattened
+  rows (``benchmarks/results/kernels.md``, "Leading axes")."""
+  if a.ndim <= 2:
+    return jnp.matmul(a, w)
+  return jnp.matmul(a.reshape(-1, a.shape[-1]), w).reshape(a.shape[:-1] + w.shape[-1:])
+
+
 def mixed(linear: Linear) -> Linear:
   """``linear`` computed in the dtype of its operand ``a``: ``linear(a, w.astype(a.dtype))``,
   the map every recurrent and input product goes through, ``w`` being a param as stored.
@@ -94,7 +105,7 @@ def _weight_term(linear, a, dw):
   return linear(a.astype(dw.dtype), dw).astype(a.dtype)
 
 
-def recurrence(equations: Equations, linear: Linear = jnp.matmul) -> Callable[..., Any]:
+def recurrence(equations: Equations, linear: Linear = matmul) -> Callable[..., Any]:
   """The recurrent half ``recur(params, carry, gx_t)`` of ``equations``: the plain
   ``linear`` map (computed in its operand's dtype, ``mixed``)."""
   linear = mixed(linear)
@@ -104,7 +115,7 @@ def recurrence(equations: Equations, linear: Linear = jnp.matmul) -> Callable[..
   return recur
 
 
-def fused_run(equations: Equations, linear: Linear = jnp.matmul,
+def fused_run(equations: Equations, linear: Linear = matmul,
               input_sums: Sequence[InputSum] = (), recompute: bool = True) -> Callable[..., Any]:
   """A ``Kernel.run`` for the recurrence ``equations`` (see the module docstring):
   ``run(params, carry, gxs, lengths, reverse, unroll) -> (carry, ys)`` over the time-major
