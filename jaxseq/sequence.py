@@ -106,12 +106,11 @@ def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None,
   else:
     _checks.carry(cell, params, carry, step_shape)
     out = jax.eval_shape(recur, params, carry, gx_0)[0]
-    for c, o in zip(jax.tree.leaves(carry), jax.tree.leaves(out)):
-      if jnp.result_type(c) != o.dtype:
-        _checks.fail("carry", f"a carry in the dtypes the cell's step returns "
-                     f"({', '.join(str(l.dtype) for l in jax.tree.leaves(out))})",
-                     f"dtypes ({', '.join(str(jnp.result_type(l)) for l in jax.tree.leaves(carry))})",
-                     TypeError)
+    want = [str(o.dtype) for o in jax.tree.leaves(out)]
+    got = [str(jnp.result_type(c)) for c in jax.tree.leaves(carry)]
+    if want != got:
+      _checks.fail("carry", f"a carry in the dtypes the cell's step returns "
+                   f"({', '.join(want)})", f"dtypes ({', '.join(got)})", TypeError)
 
   bound = cell.kernel is not None and cell.kernel.recur is recur
   if bound and kernel in ("auto", "cudnn"):

@@ -127,9 +127,15 @@ def test_bench_products_times_both_forms(tmp_path):
   for _, times in rows:                  # both forms, both modes, each timed
     assert set(times) == {(f, m) for f in bench.FORMS for m in ("forward", "forward+backward")}
     assert all(_positive(t) for t in times.values())
-  table = [line for line in bench.report(rows, 1, (0.5, 0.5), 1.0).splitlines()
-           if line.startswith("| (") and line[3].isdigit()]
+  given, once = (bench.step_calls(*bench.QUICK_STEPS[0])[name]() for name in bench.WEIGHTS)
+  assert jax.numpy.allclose(given, once, atol=1e-6)       # the same scan, two weight forms
+  steps = bench.measure_steps(bench.QUICK_STEPS, 1)
+  assert all(set(times) == set(bench.WEIGHTS) and all(_positive(t) for t in times.values())
+             for _, times in steps)
+  text = bench.report(rows, steps, 1, (0.5, 0.5), 1.0).splitlines()
+  table = [line for line in text if line.startswith("| (") and line[3].isdigit()]
   assert len(table) == 2 * len(bench.QUICK_SHAPES) and all(line.endswith("x |") for line in table)
+  assert sum(line.startswith("| 5, 2, 8 -> 4 |") and line.endswith("x |") for line in text) == 1
 
 
 def test_bench_long_writes_its_table(tmp_path):

@@ -61,8 +61,8 @@ def matmul(a: jax.Array, w: jax.Array) -> jax.Array:
   """``a @ w`` over any leading axes of ``a``, computed as one 2-D product of the rows
   ``a.reshape(-1, D)``: the linear map of the dense cells. On XLA:CPU the gradient of a
   product with two or more leading axes (``(T, B, D) @ (D, G)``, whose weight gradient
-  contracts two axes) ran 1.5-2x slower than that of the same product on the flattened
-  rows (``benchmarks/results/kernels.md``, "Leading axes")."""
+  contracts two axes) ran 1.1-1.9x slower than that of the same product on the flattened
+  rows, forward+backward (``benchmarks/results/products.md``)."""
   if a.ndim <= 2:
     return jnp.matmul(a, w)
   return jnp.matmul(a.reshape(-1, a.shape[-1]), w).reshape(a.shape[:-1] + w.shape[-1:])
@@ -189,17 +189,23 @@ class _WeightRecorder:
 class _Stored:
   """The tangent scan's linear map: the ``k``-th call returns the stored product, plus the
   hoisted weight term ``injected[k]`` (zero primal, tangent ``a_t dw``) on the column
-  ranges ``columns[k]`` not folded into ``gx`` (``None``: all columns)."""
+  ranges ``columns[k]`` not folded into ``gx`` (``None``: all columns). A matmul whose
+  weight's transpose ``transposed[k]`` is given takes its tangent ``da w`` from it
+  (``_stored_product``)."""
 
-  def __init__(self, linear, products, injected, columns):
+  def __init__(self, linear, products, injected, columns, transposed):
     self.linear, self.products, self.injected, self.columns = (linear, products, injected,
                                                                columns)
+    self.transposed = transposed
     self.calls = 0
 
   def __call__(self, a, w):
     k = self.calls
     self.calls += 1
-    out = _stored_linear(self.linear, a, w, self.products[k])
+    if self.transposed[k] is None:
+      out = _stored_linear(self.linear, a, w, self.products[k])
+    else:
+      out = _stored_product(a, self.transposed[k], self.products[k])
     injected, columns = self.injected[k], self.columns[k]
     if injected is None:
       return out
@@ -248,6 +254,25 @@ def _stored_linear(linear, a, w, product):
 def _stored_linear_jvp(linear, primals, tangents):
   a, w, product = primals
   return product, linear(tangents[0], w.astype(product.dtype))
+
+
+@jax.custom_jvp
+def _stored_product(a, w_t, product):
+  """``a @ w_t.T``, already computed (``product``), for a matmul's weight given transposed
+  (``w_t``, ``(G, K)``, computed once outside the loop): its tangent ``da w`` contracts
+  ``w_t``'s second axis, so JAX's transpose of it, the backward scan's ``\delta_t W^\top``,
+  is the plain product ``\delta_t w_t``. Given ``w`` itself, that product contracts ``w``'s
+  columns, which on XLA:CPU ran 1.26-1.32x slower in scans at the reference and ``small`` sizes
+  (``benchmarks/results/products.md``)."""
+  del a, w_t
+  return product
+
+
+@_stored_product.defjvp
+def _stored_product_jvp(primals, tangents):
+  _, w_t, product = primals
+  da = tangents[0]
+  return product, lax.dot_general(da, w_t, (((da.ndim - 1,), (1,)), ((), ())))
 
 
 def _forward(config, params, carry, gxs, valid, reverse, unroll, record):
@@ -312,7 +337,11 @@ def _fused_jvp(config, reverse, unroll, primals, tangents):
     recorder = _WeightRecorder(linear)
     equations(p, carry, jax.tree.map(lambda g: g[0], gxs), recorder)
     return recorder.weights
-  _, d_weights = jax.jvp(weights, (params,), (d_params,))
+  weights_, d_weights = jax.jvp(weights, (params,), (d_params,))
+  # A matmul's weight, transposed once here, in the products' dtype (``_stored_product``).
+  transposed = [jnp.swapaxes(w, 0, 1).astype(p.dtype)
+                if linear in (matmul, jnp.matmul) and jnp.ndim(w) == 2 else None
+                for w, p in zip(weights_, products)]
   # In the weights' dtype (float32 weight gradients under bfloat16 compute, as ``mixed``).
   hoisted = lambda a, dw, p: _weight_term(linear, a, dw).astype(p.dtype)
   injected, columns = [], []
@@ -333,7 +362,7 @@ def _fused_jvp(config, reverse, unroll, primals, tangents):
 
   def step(carry_prev, gx_t, zero_t, params, products_t):
     return equations(params, carry_prev, gx_t,
-                     _Stored(linear, products_t, zero_t, columns))
+                     _Stored(linear, products_t, zero_t, columns, transposed))
   if config.recompute:
     step = jax.checkpoint(step)
 
