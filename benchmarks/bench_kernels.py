@@ -604,9 +604,9 @@ NOTES = """## Reading the numbers
   same math on a plain `(B, 4H)` buffer.
 * **Blocks (CPU).** A `(T, B, 4H)` input projection larger than the cache is slow on this
   machine whoever writes it. `profile.md`, GRU B32 T256 D128 H256 forward+backward (`gx` 24
-  MiB): the reference scan's projection, one `(8192, 128) x (128, 768)` GEMM, took 33 ms,
-  where the fused path's 64 blocks of the same GEMM took 13 ms in all; the reference's bias
-  add over it 9 ms and its zero-filled cotangent buffer 15 ms. So `unroll` runs the fused
+  MiB): the reference scan's projection, one `(8192, 128) x (128, 768)` GEMM, took 37 ms,
+  where the fused path's 64 blocks of the same GEMM took 16 ms in all; the reference's bias
+  add over it 13 ms and its zero-filled cotangent buffer 14 ms. So `unroll` runs the fused
   path over blocks of ~512 KiB of `gx` when `gx` exceeds 8 MiB
   (`jaxseq.sequence.block_length`): a scan over blocks, each projecting its own steps. The
   reference-size rows run in blocks of 4 steps (before blocks, the run committed in 4ce2304
@@ -615,19 +615,32 @@ NOTES = """## Reading the numbers
   time. Flax linen computes `x_t W_ih` inside its loop and never writes the projection.
 * **Where the time goes**: `benchmarks/results/profile.md` (`python
   benchmarks/profile_kernels.py`, one process per run, so compare its rows, not its runs).
-  In forward+backward at the reference size the fused path spends fewer seconds in matmuls
-  than Flax linen (GRU 108 vs 149 ms; LSTM about equal in that run) and more outside them
-  (GRU 97 vs 51 ms): per-step gate math, copies and concatenates in the backward scan, a
-  zero-filled `(T, B, 3H)` buffer for the forward scan's stacked residuals (9 ms) and loop
-  overhead. The per-step `(32, 256) x (256, G·H)` products, forward and backward, are the
-  largest items for every implementation (GRU: 32 + 27 ms of 206 ms, i.e. 100 and 120
-  GFLOP/s for 256 products of 12.6 MFLOP each); no library here does fewer of them.
+  GRU at the reference size, forward+backward: the fused path spends fewer seconds in
+  matmuls than Flax linen (112 vs 172 ms) and more outside them (105 ms in other operations
+  and 27 ms between them, against 79 ms and none): per-step gate math, copies and
+  concatenates in the backward scan, zero-filled buffers for the scans' stacked residuals
+  (the largest, `(64, 4, 32, 768)`, 11 ms) and loop overhead. The per-step
+  `(32, 256) x (256, G·H)` products, forward and backward, are the largest items for every
+  implementation (GRU: 32 + 35 ms of 243 ms); no library here does fewer of them. The
+  profiler slows every path and its LSTM rows varied by 1.5x between two runs of the same
+  code this session: read its per-operation split, and take ratios from the tables above.
+* **The products' forms** (`benchmarks/results/products.md`, `python
+  benchmarks/bench_products.py`). On XLA:CPU the gradient of a product over two leading axes,
+  `(T, B, D) x (D, G)`, ran 1.1-1.9x slower than the same product on the flattened `T·B`
+  rows, and a scan step's `delta_t W^T` that contracts `W`'s columns ran 1.26-1.32x slower
+  than a product with `W^T` made once before the loop. So the dense cells' linear map is
+  `jaxseq.kernels.xla.matmul` (2-D on the rows; the input half and the hoisted weight
+  gradients), and the fused backward scan reads `W_hh` transposed once. Together they moved
+  forward+backward against Flax linen from 0.96x to 0.88x (LSTM) at the reference size,
+  0.89x to 0.72x (LSTM) and 0.98x to 0.84x (GRU) at B16 T100, and 0.78x to 0.52x/0.67x on
+  the long two-layer sequences (the previous run of this file, commit 675c3d2, against this
+  one); GRU at the reference size stayed about even (1.03x, 1.04x).
 * **Backward.** The fused backward is JAX's transpose of the linear tangent rule: one reverse
   scan over `(B, H)` cotangents with `delta_t W_hh^T` as its only matmul, then `dW_hh` and
-  `dW_ih` as single GEMMs over `T·B` rows. Against the reference (`lax.scan` autodiff, `dW`
-  accumulated per step) it wins for LSTM and is about even for GRU on this CPU; XLA:CPU
-  transposes the `(T, B, G·H)` cotangent before each weight GEMM (a full copy), which eats much
-  of the gain.
+  `dW_ih` as single GEMMs over the `T·B` rows (per block of steps on CPU). Against the
+  reference (`lax.scan` autodiff, `dW` accumulated per step) it is faster at the reference,
+  B16 T100 and long sizes (0.67-0.94x) and at DeepBench's B16, and about even at its B64
+  (0.99-1.09x), where the per-step products dominate both.
 """
 
 

@@ -189,14 +189,14 @@ def block_length(gx_0: Any, num_steps: int) -> int | None:
 
   On CPU a ``(T, *batch, gates)`` input projection larger than the cache is slow to write
   and read back (``benchmarks/results/profile.md``, GRU B32 T256 D128 H256,
-  forward+backward, ``gx`` 24 MiB: the reference scan's projection in one GEMM took 33 ms,
-  the same GEMM in the fused path's 64 blocks 13 ms in all; the reference's bias add over
-  it 9 ms, its zero-filled cotangent buffer 15 ms). So where ``gx`` exceeds
+  forward+backward, ``gx`` 24 MiB: the reference scan's projection in one GEMM took 37 ms,
+  the same GEMM in the fused path's 64 blocks 16 ms in all; the reference's bias add over
+  it 13 ms, its zero-filled cotangent buffer 14 ms). So where ``gx`` exceeds
   ``16 * BLOCK_BYTES`` the sequence runs in blocks of about ``BLOCK_BYTES`` each
   (``chunked`` without checkpointing; a block length that divides T where one is within
   2x): a scan over blocks that projects one block, then runs the kernel over it. Forward
   against Flax linen at that size, ``benchmarks/results/kernels.md``: LSTM 1.21x and GRU
-  1.29x in one block (the run committed before blocks), 1.05x and 0.82x (medians over 3
+  1.29x in one block (the run committed before blocks), 0.96x and 0.88x (medians over 3
   processes) in blocks. The price is compile time (a scan around the
   kernel; a probe, 2-layer bidirectional LSTM B16 T100: 1.8 s in one block, 5.3 s in
   blocks with a shorter last one), hence blocks for large projections only. Values equal
