@@ -116,7 +116,8 @@ def test_bench_min_rnn_tables():
   rows = bench.bench_cells(jaxseq.min_gru, [8], 2, 3, 4, 1)
   assert len(bench.cell_table("min_gru", rows, 2, 3, 4)) > 2
   target = bench.bench_gru_target(8, 2, 3, 4, 1)
-  assert _positive(target["gru"]) and _positive(target["min_gru"])
+  assert set(target) == {"gru", "min_gru", "min_gru input half"}
+  assert all(_positive(t) for t in target.values())
   assert len(bench.recurrence_table(bench.bench_recurrence([8], 2, 4, 1, 8))) > 2
 
 
