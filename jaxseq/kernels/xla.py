@@ -337,11 +337,11 @@ def _fused_jvp(config, reverse, unroll, primals, tangents):
     recorder = _WeightRecorder(linear)
     equations(p, carry, jax.tree.map(lambda g: g[0], gxs), recorder)
     return recorder.weights
-  weights_, d_weights = jax.jvp(weights, (params,), (d_params,))
+  primal_weights, d_weights = jax.jvp(weights, (params,), (d_params,))
   # A matmul's weight, transposed once here, in the products' dtype (``_stored_product``).
   transposed = [jnp.swapaxes(w, 0, 1).astype(p.dtype)
                 if linear in (matmul, jnp.matmul) and jnp.ndim(w) == 2 else None
-                for w, p in zip(weights_, products)]
+                for w, p in zip(primal_weights, products)]
   # In the weights' dtype (float32 weight gradients under bfloat16 compute, as ``mixed``).
   hoisted = lambda a, dw, p: _weight_term(linear, a, dw).astype(p.dtype)
   injected, columns = [], []
