@@ -623,7 +623,8 @@ NOTES = """## Reading the numbers
   `(32, 256) x (256, G·H)` products, forward and backward, are the largest items for every
   implementation (GRU: 32 + 35 ms of 243 ms); no library here does fewer of them. The
   profiler slows every path and its LSTM rows varied by 1.5x between two runs of the same
-  code this session: read its per-operation split, and take ratios from the tables above.
+  code on 2026-12-03 (the earlier run was overwritten, not kept): read its per-operation
+  split, and take ratios from the tables above.
 * **The products' forms** (`benchmarks/results/products.md`, `python
   benchmarks/bench_products.py`). On XLA:CPU the gradient of a product over two leading axes,
   `(T, B, D) x (D, G)`, ran 1.1-1.9x slower than the same product on the flattened `T·B`
