@@ -14,12 +14,23 @@ unloaded (``bench_gpu.py`` sets XLA's environment before JAX loads).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import pathlib
 import platform
 import statistics
 import time
 from typing import Any, Callable
+
+
+def script(name: str):
+  """The benchmark script ``benchmarks/<name>.py`` loaded as a module (one script reusing
+  another's models: ``bench_kernels.model``)."""
+  path = pathlib.Path(__file__).with_name(f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 # ----------------------------------------------------------------------------- timing

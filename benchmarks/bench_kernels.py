@@ -636,6 +636,16 @@ NOTES = """## Reading the numbers
   0.89x to 0.72x (LSTM) and 0.98x to 0.84x (GRU) at B16 T100, and 0.78x to 0.52x/0.67x on
   the long two-layer sequences (the previous run of this file, commit 675c3d2, against this
   one); GRU at the reference size stayed about even (1.03x, 1.04x).
+* **The products' floor** (`products.md`, its last table): the matrix products of the
+  LSTM or GRU alone (no bias, no gate math; forward per step as Flax does them,
+  forward+backward the fused path's), timed with the fused path and Flax linen in one
+  process. Forward, the products alone took 0.77x (LSTM) and 1.07x (GRU) of Flax linen's
+  whole forward at the reference size and 0.77x and 0.74x at B16 T100; forward+backward
+  0.68x, 0.81x, 0.52x and 0.66x. No implementation on XLA's products can go below its
+  products, so the forward targets (<= 0.8x Flax) would leave the gate math and the loop
+  0-6% of Flax's time (none, for the GRU), and the GRU reference-size target (<= 0.75x
+  forward+backward) is below the products alone: on this CPU these targets need faster
+  products than XLA's, not less work around them.
 * **Backward.** The fused backward is JAX's transpose of the linear tangent rule: one reverse
   scan over `(B, H)` cotangents with `delta_t W_hh^T` as its only matmul, then `dW_hh` and
   `dW_ih` as single GEMMs over the `T·B` rows (per block of steps on CPU). Against the

@@ -1,5 +1,5 @@
 """The dense products' forms: over leading axes or flattened rows; a weight as given or
-transposed once.
+transposed once; the products alone against whole models.
 
 1. Leading axes. A dense cell's input half is ``x W`` with ``x`` of shape ``(T, B, D)``, and
    the fused path's hoisted weight gradients are ``A^T Delta`` over ``(T, B)`` rows. Written
@@ -19,9 +19,20 @@ transposed once.
    a plain product; what ``jaxseq.kernels.xla`` gives its backward scan), at the reference
    and ``small`` sizes.
 
-One process, the forms interleaved, medians of ``--repeats``; ratios are the first form's
-time over the second's (> 1: the second, jaxseq's, is faster). ``--quick`` is a smoke run
-at tiny sizes.
+3. The products alone against whole models: the matrix products of an LSTM (4 gates) or GRU
+   (3 gates) over a sequence, with nothing else (no bias, no gate, the new ``h`` the first
+   ``H`` columns of ``gx_t + h W_hh``), timed with jaxseq's fused path and Flax linen
+   (``bench_kernels.model``) in one process. Forward: per step ``x_t W_ih + h W_hh``
+   (Flax's form; measured faster here than one ``(T·B, D) W_ih`` product before the loop,
+   ``gx`` being larger than the cache); forward+backward: the fused path's products, that
+   forward, a reverse scan of ``dz_t W_hh^T`` and ``dW_hh = H^T dZ``, ``dW_ih = X^T dZ``,
+   ``dX = dZ W_ih^T`` over ``T·B`` rows. Every library's time at least that of its
+   products; at the same GEMM engine, the rest (gates, loop, residual buffers) is what a
+   library can save, so this table bounds the ratio to Flax that is reachable.
+
+One process, the forms interleaved, medians of ``--repeats``; ratios in sections 1 and 2 are
+the first form's time over the second's (> 1: the second, jaxseq's, is faster). ``--quick``
+is a smoke run at tiny sizes.
 
     python benchmarks/bench_products.py [--quick] [--out PATH]
 
@@ -46,7 +57,7 @@ from jaxseq.kernels.xla import matmul
 _HERE = str(pathlib.Path(__file__).resolve().parent)
 if _HERE not in sys.path:   # there when run as a script, not when loaded by file path
   sys.path.insert(0, _HERE)
-from _common import compiled, interleaved, load, ms, write  # noqa: E402
+from _common import compiled, interleaved, load, loss_grad, ms, script, write  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "products.md"
 SHAPES = ((4096, 16, 128, 256), (256, 32, 128, 1024), (256, 32, 128, 768),
@@ -56,6 +67,12 @@ FORMS = {"leading axes": jnp.matmul, "rows": matmul}
 STEPS = ((256, 32, 256, 1024), (256, 32, 256, 768), (100, 16, 128, 512), (100, 16, 128, 384))
 QUICK_STEPS = ((5, 2, 4, 8),)
 WEIGHTS = ("as given", "transposed once")
+FLOORS = (("lstm", 32, 256, 128, 256), ("gru", 32, 256, 128, 256),
+          ("lstm", 16, 100, 32, 128), ("gru", 16, 100, 32, 128))
+QUICK_FLOORS = (("gru", 2, 5, 3, 4),)
+GATES = {"lstm": 4, "gru": 3}
+MODELS = ("products alone", "jaxseq xla", "Flax linen")
+MODES = ("forward", "forward+backward")
 
 
 def calls(T: int, B: int, D: int, G: int) -> dict:
@@ -97,7 +114,52 @@ def measure_steps(shapes, repeats: int) -> list:
   return [(shape, interleaved(step_calls(*shape), repeats)) for shape in shapes]
 
 
-def report(rows, steps, repeats: int, loads: tuple, seconds: float) -> str:
+def products(T: int, B: int, D: int, H: int, G: int) -> tuple:
+  """``(forward, both, operands)``: a ``G``-gate cell's matrix products alone over ``T``
+  steps (see the module docstring), functions of ``operands = (xs, w_ih, w_hh, dys)``;
+  ``both`` returns the outputs and the cotangents ``(dW_ih, dW_hh, dX)`` of ``<hs, dys>``."""
+  keys = jax.random.split(jax.random.PRNGKey(T * B + D + H + G), 4)
+  xs = jax.random.normal(keys[0], (T, B, D))
+  w_ih = jax.random.normal(keys[1], (D, G * H)) / D ** 0.5
+  w_hh = 0.9 * jax.random.normal(keys[2], (H, G * H)) / H ** 0.5   # h neither grows nor dies
+  dys = jax.random.normal(keys[3], (T, B, H))
+
+  def forward(xs, w_ih, w_hh, dys):
+    step = lambda h, x: ((x @ w_ih + h @ w_hh)[:, :H],) * 2
+    return lax.scan(step, jnp.zeros((B, H)), xs)[1]
+
+  def both(xs, w_ih, w_hh, dys):
+    hs = forward(xs, w_ih, w_hh, dys)
+    w_t = w_hh.T
+    back = lambda dh, dy: (lambda dz: (dz @ w_t, dz))(
+        jnp.pad(dh + dy, ((0, 0), (0, (G - 1) * H))))
+    dzs = lax.scan(back, jnp.zeros((B, H)), dys, reverse=True)[1].reshape(T * B, G * H)
+    h_prev = jnp.concatenate([jnp.zeros((1, B, H)), hs[:-1]]).reshape(T * B, H)
+    return (hs, xs.reshape(T * B, D).T @ dzs, h_prev.T @ dzs,
+            matmul(dzs, w_ih.T).reshape(T, B, D))
+  return forward, both, (xs, w_ih, w_hh, dys)
+
+
+def floor_calls(cell: str, B: int, T: int, D: int, H: int) -> dict:
+  """``{(model, mode): call}``: the products alone, jaxseq's fused path and Flax linen
+  (``bench_kernels.model``; forward+backward the gradient of ``sum(ys ** 2)``)."""
+  bench = script("bench_kernels")
+  forward, both, operands = products(T, B, D, H, GATES[cell])
+  out = {("products alone", "forward"): compiled(forward, *operands)[0],
+         ("products alone", "forward+backward"): compiled(both, *operands)[0]}
+  for model, name in zip(MODELS[1:], ("xla", "flax")):
+    apply, params, xs = bench.model(name, bench.Config("floor", cell, B, T, D, H))
+    out[model, "forward"] = compiled(apply, params, xs)[0]
+    out[model, "forward+backward"] = compiled(loss_grad(apply), params, xs)[0]
+  return out
+
+
+def measure_floors(configs, repeats: int) -> list:
+  """``[(config, {(model, mode): median seconds})]``."""
+  return [(config, interleaved(floor_calls(*config), repeats)) for config in configs]
+
+
+def report(rows, steps, floors, repeats: int, loads: tuple, seconds: float) -> str:
   lines = [
       "# The dense products' forms", "",
       f"Device: {jax.default_backend()} ({platform.machine()}, {os.cpu_count()} cores), "
@@ -126,6 +188,21 @@ def report(rows, steps, repeats: int, loads: tuple, seconds: float) -> str:
   for (T, B, H, G), times in steps:
     given, once = (times[name] for name in WEIGHTS)
     lines.append(f"| {T}, {B}, {G} -> {H} | {ms(given)} | {ms(once)} | {given / once:.2f}x |")
+  lines += [
+      "", "## The products alone against whole models", "",
+      "*products alone*: the cell's matrix products over the sequence with nothing else "
+      "(the module docstring says which); *jaxseq xla*: `jaxseq.unroll`, the fused path; "
+      "*Flax linen*: `nn.RNN` of `OptimizedLSTMCell` / `GRUCell`; forward+backward: the "
+      "gradient of `sum(ys ** 2)` (the products alone: the same products' backward). The "
+      "issue's targets are xla / Flax at most 0.8x forward and 0.75x forward+backward; "
+      "products / Flax is the least xla / Flax can be while the rest costs anything.", "",
+      "| cell | B, T, D, H | mode | products alone | jaxseq xla | Flax linen | "
+      "products / Flax | xla / Flax |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for (cell, B, T, D, H), times in floors:
+    for mode in MODES:
+      alone, xla, flax = (times[model, mode] for model in MODELS)
+      lines.append(f"| {cell} | {B}, {T}, {D}, {H} | {mode} | {ms(alone)} | {ms(xla)} | "
+                   f"{ms(flax)} | {alone / flax:.2f}x | {xla / flax:.2f}x |")
   return "\n".join(lines) + "\n"
 
 
@@ -139,7 +216,8 @@ def main() -> None:
   start, load_before = time.perf_counter(), load()
   rows = measure(QUICK_SHAPES if args.quick else SHAPES, repeats)
   steps = measure_steps(QUICK_STEPS if args.quick else STEPS, repeats)
-  text = report(rows, steps, repeats, (load_before, load()), time.perf_counter() - start)
+  floors = measure_floors(QUICK_FLOORS if args.quick else FLOORS, repeats)
+  text = report(rows, steps, floors, repeats, (load_before, load()), time.perf_counter() - start)
   out = args.out or (RESULTS.with_name("products-quick.md") if args.quick else RESULTS)
   write(out, text)
   print(text)

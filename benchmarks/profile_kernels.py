@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import collections
 import gzip
-import importlib.util
 import json
 import os
 import pathlib
@@ -43,7 +42,7 @@ import jax
 _HERE = str(pathlib.Path(__file__).resolve().parent)
 if _HERE not in sys.path:   # there when run as a script, not when loaded by file path
   sys.path.insert(0, _HERE)
-from _common import loss_grad, ms, write  # noqa: E402
+from _common import loss_grad, ms, script, write  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "profile.md"
 MODES = ("forward", "forward+backward")
@@ -52,16 +51,7 @@ _CALLS = re.compile(r"calls=%([\w.\-]+)")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ")
 
 
-def _bench_kernels():
-  """``benchmarks/bench_kernels.py``, whose models this script profiles."""
-  spec = importlib.util.spec_from_file_location(
-      "_bench_kernels", pathlib.Path(__file__).with_name("bench_kernels.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-BENCH = _bench_kernels()
+BENCH = script("bench_kernels")   # the models this script profiles
 
 
 def functions(cell_name: str, implementation: str, B: int, T: int, D: int, H: int):

@@ -133,10 +133,27 @@ def test_bench_products_times_both_forms(tmp_path):
   steps = bench.measure_steps(bench.QUICK_STEPS, 1)
   assert all(set(times) == set(bench.WEIGHTS) and all(_positive(t) for t in times.values())
              for _, times in steps)
-  text = bench.report(rows, steps, 1, (0.5, 0.5), 1.0).splitlines()
+  floors = bench.measure_floors(bench.QUICK_FLOORS, 1)
+  assert all(set(times) == {(m, mode) for m in bench.MODELS for mode in bench.MODES}
+             and all(_positive(t) for t in times.values()) for _, times in floors)
+  text = bench.report(rows, steps, floors, 1, (0.5, 0.5), 1.0).splitlines()
   table = [line for line in text if line.startswith("| (") and line[3].isdigit()]
   assert len(table) == 2 * len(bench.QUICK_SHAPES) and all(line.endswith("x |") for line in table)
   assert sum(line.startswith("| 5, 2, 8 -> 4 |") and line.endswith("x |") for line in text) == 1
+  assert sum(line.startswith("| gru | 2, 5, 3, 4 |") for line in text) == 2
+
+
+def test_bench_products_backward_is_the_products_gradient():
+  # The floor's explicit backward (reverse scan of dz W_hh^T, then X^T dZ, H^T dZ, dZ W_ih^T)
+  # is the gradient of <hs, dys> for its forward, which JAX differentiates here.
+  bench = _load("bench_products")
+  forward, both, (xs, w_ih, w_hh, dys) = bench.products(5, 2, 3, 4, 3)
+  hs, vjp = jax.vjp(lambda x, a, b: forward(x, a, b, dys), xs, w_ih, w_hh)
+  d_xs, d_ih, d_hh = vjp(dys)
+  out = both(xs, w_ih, w_hh, dys)
+  for got, want in zip(out, (hs, d_ih, d_hh, d_xs)):
+    assert got.shape == want.shape
+    assert jax.numpy.allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_bench_long_writes_its_table(tmp_path):
