@@ -638,14 +638,14 @@ NOTES = """## Reading the numbers
   one); GRU at the reference size stayed about even (1.03x, 1.04x).
 * **The products' floor** (`products.md`, its last table): the matrix products of the
   LSTM or GRU alone (no bias, no gate math; forward per step as Flax does them,
-  forward+backward the fused path's), timed with the fused path and Flax linen in one
-  process. Forward, the products alone took 0.77x (LSTM) and 1.07x (GRU) of Flax linen's
-  whole forward at the reference size and 0.77x and 0.74x at B16 T100; forward+backward
-  0.68x, 0.81x, 0.52x and 0.66x. No implementation on XLA's products can go below its
-  products, so the forward targets (<= 0.8x Flax) would leave the gate math and the loop
-  0-6% of Flax's time (none, for the GRU), and the GRU reference-size target (<= 0.75x
-  forward+backward) is below the products alone: on this CPU these targets need faster
-  products than XLA's, not less work around them.
+  forward+backward the fused path's), timed with the fused path and Flax linen, three
+  processes. Forward, the products alone took 0.73x (LSTM) and 0.88x (GRU) of Flax linen's
+  whole forward at the reference size and 0.80x and 0.69x at B16 T100 (medians; ranges up
+  to 1.03x); forward+backward 0.70x, 0.74x, 0.53x and 0.66x. An implementation that does
+  these products cannot take less time than they do, so the forward targets (<= 0.8x Flax)
+  leave the gate math and the loop 0-11% of Flax's time (Flax spends 12-31% on them), and
+  the reference-size forward+backward targets (<= 0.75x) leave 1-5%: on this CPU they need
+  faster products than XLA's, not less work around them.
 * **Backward.** The fused backward is JAX's transpose of the linear tangent rule: one reverse
   scan over `(B, H)` cotangents with `delta_t W_hh^T` as its only matmul, then `dW_hh` and
   `dW_ih` as single GEMMs over the `T·B` rows (per block of steps on CPU). Against the

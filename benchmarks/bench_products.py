@@ -30,9 +30,10 @@ transposed once; the products alone against whole models.
    products; at the same GEMM engine, the rest (gates, loop, residual buffers) is what a
    library can save, so this table bounds the ratio to Flax that is reachable.
 
-One process, the forms interleaved, medians of ``--repeats``; ratios in sections 1 and 2 are
-the first form's time over the second's (> 1: the second, jaxseq's, is faster). ``--quick``
-is a smoke run at tiny sizes.
+The forms interleaved, medians of ``--repeats``; sections 1 and 2 in one process, their
+ratios the first form's time over the second's (> 1: the second, jaxseq's, is faster);
+section 3 in ``--processes`` fresh processes. ``--quick`` is a smoke run at tiny sizes, in
+one process.
 
     python benchmarks/bench_products.py [--quick] [--out PATH]
 
@@ -42,9 +43,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import pathlib
 import platform
+import statistics
+import subprocess
 import sys
 import time
 
@@ -154,9 +158,32 @@ def floor_calls(cell: str, B: int, T: int, D: int, H: int) -> dict:
   return out
 
 
-def measure_floors(configs, repeats: int) -> list:
-  """``[(config, {(model, mode): median seconds})]``."""
-  return [(config, interleaved(floor_calls(*config), repeats)) for config in configs]
+def measure_floors(configs, repeats: int, processes: int = 0) -> list:
+  """``[(config, [{(model, mode): median seconds}, ...])]``: one dict per process, the
+  configurations measured in ``processes`` fresh processes one after the other (0: in this
+  one). On this shared machine a ratio moves more from one process to the next than inside
+  one (``kernels.md``), so the report gives each ratio's median and range over them."""
+  if not processes:
+    return [(config, [interleaved(floor_calls(*config), repeats)]) for config in configs]
+  runs = []
+  for _ in range(processes):
+    out = subprocess.run([sys.executable, __file__, "--floor-worker", json.dumps(
+        [list(configs), repeats])], check=True, capture_output=True, text=True).stdout
+    runs.append(json.loads(out.strip().splitlines()[-1]))
+  return [(config, [_parsed(run[i]) for run in runs]) for i, config in enumerate(configs)]
+
+
+def _parsed(times: dict) -> dict:
+  """A worker's ``{"model|mode": seconds}`` as ``{(model, mode): seconds}``."""
+  return {tuple(key.split("|")): t for key, t in times.items()}
+
+
+def _floor_worker(argument: str) -> None:
+  """Prints, as one JSON line, the floor times of ``[configs, repeats]``."""
+  configs, repeats = json.loads(argument)
+  print(json.dumps([{"|".join(key): t for key, t in interleaved(floor_calls(*config),
+                                                                 repeats).items()}
+                    for config in configs]))
 
 
 def report(rows, steps, floors, repeats: int, loads: tuple, seconds: float) -> str:
@@ -196,27 +223,45 @@ def report(rows, steps, floors, repeats: int, loads: tuple, seconds: float) -> s
       "gradient of `sum(ys ** 2)` (the products alone: the same products' backward). The "
       "issue's targets are xla / Flax at most 0.8x forward and 0.75x forward+backward; "
       "products / Flax is the least xla / Flax can be while the rest costs anything.", "",
+      f"Measured in {len(floors[0][1]) if floors else 0} process(es) one after the other, "
+      "each interleaving the three; times are medians over the processes, ratios the "
+      "median of each process's ratio with their range in brackets.", "",
       "| cell | B, T, D, H | mode | products alone | jaxseq xla | Flax linen | "
       "products / Flax | xla / Flax |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-  for (cell, B, T, D, H), times in floors:
+  for (cell, B, T, D, H), runs in floors:
     for mode in MODES:
-      alone, xla, flax = (times[model, mode] for model in MODELS)
+      alone, xla, flax = (statistics.median(run[model, mode] for run in runs)
+                          for model in MODELS)
       lines.append(f"| {cell} | {B}, {T}, {D}, {H} | {mode} | {ms(alone)} | {ms(xla)} | "
-                   f"{ms(flax)} | {alone / flax:.2f}x | {xla / flax:.2f}x |")
+                   f"{ms(flax)} | {_ratio(runs, 'products alone', mode)} | "
+                   f"{_ratio(runs, 'jaxseq xla', mode)} |")
   return "\n".join(lines) + "\n"
+
+
+def _ratio(runs: list, model: str, mode: str) -> str:
+  """The median over processes of ``model``'s time over Flax linen's, with the range."""
+  ratios = sorted(run[model, mode] / run["Flax linen", mode] for run in runs)
+  spread = f" [{ratios[0]:.2f}-{ratios[-1]:.2f}]" if len(ratios) > 1 else ""
+  return f"{statistics.median(ratios):.2f}x{spread}"
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes, 3 repeats")
   parser.add_argument("--repeats", type=int, default=11)
+  parser.add_argument("--processes", type=int, default=3,
+                      help="fresh processes for the floor table (0: this one)")
   parser.add_argument("--out", type=pathlib.Path, default=None)
+  parser.add_argument("--floor-worker", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.floor_worker:
+    return _floor_worker(args.floor_worker)
   repeats = 3 if args.quick else args.repeats
   start, load_before = time.perf_counter(), load()
   rows = measure(QUICK_SHAPES if args.quick else SHAPES, repeats)
   steps = measure_steps(QUICK_STEPS if args.quick else STEPS, repeats)
-  floors = measure_floors(QUICK_FLOORS if args.quick else FLOORS, repeats)
+  floors = measure_floors(QUICK_FLOORS if args.quick else FLOORS, repeats,
+                          0 if args.quick else args.processes)
   text = report(rows, steps, floors, repeats, (load_before, load()), time.perf_counter() - start)
   out = args.out or (RESULTS.with_name("products-quick.md") if args.quick else RESULTS)
   write(out, text)

@@ -121,7 +121,7 @@ def test_bench_min_rnn_tables():
   assert len(bench.recurrence_table(bench.bench_recurrence([8], 2, 4, 1, 8))) > 2
 
 
-def test_bench_products_times_both_forms(tmp_path):
+def test_bench_products_times_both_forms(capsys):
   bench = _load("bench_products")
   rows = bench.measure(bench.QUICK_SHAPES, 1)
   assert [shape for shape, _ in rows] == list(bench.QUICK_SHAPES)
@@ -134,13 +134,20 @@ def test_bench_products_times_both_forms(tmp_path):
   assert all(set(times) == set(bench.WEIGHTS) and all(_positive(t) for t in times.values())
              for _, times in steps)
   floors = bench.measure_floors(bench.QUICK_FLOORS, 1)
-  assert all(set(times) == {(m, mode) for m in bench.MODELS for mode in bench.MODES}
-             and all(_positive(t) for t in times.values()) for _, times in floors)
+  assert [len(runs) for _, runs in floors] == [1]
+  keys = {(m, mode) for m in bench.MODELS for mode in bench.MODES}
+  assert all(set(runs[0]) == keys and all(_positive(t) for t in runs[0].values())
+             for _, runs in floors)
+  bench._floor_worker(json.dumps([list(bench.QUICK_FLOORS), 1]))   # a process's JSON line
+  (worker,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert set(bench._parsed(worker)) == keys
+  floors = [(floors[0][0], floors[0][1] + [bench._parsed(worker)])]   # two processes
   text = bench.report(rows, steps, floors, 1, (0.5, 0.5), 1.0).splitlines()
   table = [line for line in text if line.startswith("| (") and line[3].isdigit()]
   assert len(table) == 2 * len(bench.QUICK_SHAPES) and all(line.endswith("x |") for line in table)
   assert sum(line.startswith("| 5, 2, 8 -> 4 |") and line.endswith("x |") for line in text) == 1
-  assert sum(line.startswith("| gru | 2, 5, 3, 4 |") for line in text) == 2
+  rows = [line for line in text if line.startswith("| gru | 2, 5, 3, 4 |")]
+  assert len(rows) == 2 and all(line.endswith("] |") for line in rows)   # ranges over two
 
 
 def test_bench_products_backward_is_the_products_gradient():
