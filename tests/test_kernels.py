@@ -308,7 +308,7 @@ def test_bfloat16_input_half_weight_gradients_are_float32_sums():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("kernel", ["reference", "xla"])
+@pytest.mark.parametrize("kernel", ["reference", "xla", "pallas"])
 def test_bfloat16_recurrent_weight_gradient_is_a_float32_sum(kernel):
   """The LSTM's ``dW_hh = sum_t h_{t-1}^T dZ_t`` under bfloat16 compute, against that closed
   form in float64 from the path's own bfloat16 states and gate cotangents ``dZ_t`` (the
@@ -321,6 +321,10 @@ def test_bfloat16_recurrent_weight_gradient_is_a_float32_sum(kernel):
   r, _ = _bf16_cotangent((num_steps, batch, 16))
 
   def run(p, g):
+    if kernel == "pallas":
+      pytest.importorskip("jax.experimental.pallas")
+      from jaxseq.kernels import pallas
+      return pallas.run_for(cell)(p, carry, g, None, False, 1)[1]
     if kernel == "xla":
       return cell.kernel.run(p, carry, g, None, False, 1)[1]
     return jax.lax.scan(lambda c, g_t: cell.recur(p, c, g_t), carry, g)[1]

@@ -190,8 +190,52 @@ def test_run_for_is_cached_per_configuration():
 
 def test_mixed_dtypes_are_refused():
   cell, params, gxs, carry = _inputs("lstm", jnp.float32)
-  with pytest.raises(TypeError, match="carry"):
+  with pytest.raises(TypeError, match="carry: expected h in the dtype of gxs"):
     pallas.run_for(cell)(params, carry, gxs.astype(jnp.bfloat16), None, False, 1)
+  half = carry._replace(c=carry.c.astype(jnp.bfloat16))
+  with pytest.raises(TypeError, match="carry: expected c in the dtype of gxs .* or a wider"):
+    pallas.run_for(cell)(params, half, gxs, None, False, 1)   # float32 compute, bf16 c
+
+
+BF16_CELLS = {
+    "lstm": lambda: jaxseq.lstm(H, dtype=jnp.bfloat16),
+    "gru": lambda: jaxseq.gru(H, dtype=jnp.bfloat16),
+    "gru_reset_before": lambda: jaxseq.gru(H, reset_after=False, dtype=jnp.bfloat16),
+}
+
+
+@pytest.mark.parametrize("name", list(BF16_CELLS))
+def test_bfloat16_compute_matches_the_reference(name):
+  """Mixed precision (bfloat16 compute on float32 params; the LSTM's cell state float32)
+  against the reference scan of the same cell: outputs within a bfloat16 rounding, the carry
+  in the cell's dtypes, float32 weight gradients within bfloat16 accuracy (the kernel's
+  backward rounds at other points than autodiff does). The float32 sums themselves are
+  checked in closed form in tests/test_kernels.py."""
+  cell = BF16_CELLS[name]()
+  _, params, xs, _ = _setup(name, np.float32)
+  xs = np.moveaxis(xs, 0, 1)                    # batch-major, as unroll takes it
+  lengths = np.asarray(LENGTHS)
+
+  def run(kernel):
+    def loss(p):
+      ys, carry = jaxseq.unroll(cell, p, xs, lengths=lengths, kernel=kernel)
+      return _loss(carry, ys), (ys, carry)
+    return _jit(jax.value_and_grad(loss, has_aux=True))(params)
+  (_, (ys, carry)), grads = run("pallas")
+  (_, (ys_ref, carry_ref)), grads_ref = run("reference")
+  assert ys.dtype == jnp.bfloat16
+  assert [c.dtype for c in jax.tree.leaves(carry)] == [
+      c.dtype for c in jax.tree.leaves(carry_ref)] == (
+      [jnp.bfloat16, jnp.float32] if name == "lstm" else [jnp.bfloat16])
+  for got, want in zip(jax.tree.leaves((ys, carry)), jax.tree.leaves((ys_ref, carry_ref))):
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               rtol=1e-2, atol=1e-2)
+  if name == "lstm":   # c_t = f c_{t-1} + i g summed in float32 from the same bf16 gates
+    np.testing.assert_allclose(carry.c, carry_ref.c, rtol=1e-6, atol=1e-6)
+  for key in params:
+    assert grads[key].dtype == jnp.float32, key
+    scale = float(np.abs(grads_ref[key]).max())
+    np.testing.assert_allclose(grads[key], grads_ref[key], atol=0.02 * scale)
 
 
 def test_reason_accepts_exactly_the_supported_cells():

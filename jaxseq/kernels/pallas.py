@@ -2,9 +2,15 @@ r"""Pallas kernels for the recurrent half of LSTM and GRU cells (whole sequence 
 
 Supported cells (``reason(cell) is None``): the built-in ``lstm`` with sigmoid gates and tanh
 cell/hidden functions, without peepholes, coupling or projection; the built-in ``gru``, both
-reset placements, sigmoid/tanh. Everything runs in one floating dtype: the carry must be in
-``gxs``'s dtype and the recurrent weights must cast to it losslessly (the cells' ``dtype``
-option is not in their spec, so a mixed-precision cell is refused at trace time).
+reset placements, sigmoid/tanh.
+
+Dtypes: the compute dtype is ``gxs``'s, and ``h`` must be in it. Mixed precision is the
+cells' own (``dtype=jnp.bfloat16`` on float32 params): the recurrent weights are cast to the
+compute dtype for the products (accumulated in float32, ``preferred_element_type``), the
+LSTM cell state ``c`` keeps its wider dtype (float32) with ``c_t = f c_{t-1} + i g`` summed
+in it and ``h_t = o \tanh(c_t)`` rounded to the compute dtype, as in the cell's ``recur``;
+the LSTM backward carries ``dc`` in ``c``'s dtype; weight gradients are sums over ``T·B`` rows
+computed and returned in the weights' dtype (float32).
 
 Forward: one ``pallas_call`` runs the whole sequence, a ``fori_loop`` over the ``T`` steps
 with ``W_hh`` loaded once and the carry as loop values; it writes the carried state of every
@@ -176,7 +182,7 @@ def _run_sequence(family, interpret, params, carry, gxs, lengths, reverse, unrol
   batch = math.prod(batch_shape)
   leaves = _carry_leaves(family, carry)
   weights = _weights(family, params)
-  _check_dtypes(dtype, leaves, weights)
+  _check_dtypes(family, dtype, leaves, weights)
   size = leaves[0].shape[-1]
   if num_steps == 0 or batch == 0:
     ys = jnp.zeros((num_steps,) + batch_shape + (size,), dtype)
@@ -189,7 +195,7 @@ def _run_sequence(family, interpret, params, carry, gxs, lengths, reverse, unrol
     lengths = jnp.asarray(lengths).reshape(batch)
     valid = (jnp.arange(num_steps)[:, None] < lengths[None, :]).astype(dtype)[..., None]
   config = _Config(family, bool(reverse), unroll, interpret)
-  states = _sequence(config, tuple(w.astype(dtype) for w in weights), flat, gx, valid)
+  states = _sequence(config, weights, flat, gx, valid)
 
   last = 0 if reverse else num_steps - 1
   final = tuple(s[last].reshape(batch_shape + (size,)) for s in states)
@@ -219,18 +225,21 @@ def _weights(family, params):
   return (w_hh, b_hn.reshape(1, size))
 
 
-def _check_dtypes(dtype, leaves, weights):
+def _check_dtypes(family, dtype, leaves, weights):
+  """``h`` in the compute dtype (``gxs``'s); the LSTM's ``c`` in it or a wider float (the
+  cells' float32 cell state under bfloat16 compute); floating weights."""
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"gxs: expected a floating-point array, got dtype {dtype}")
-  for leaf in leaves:
-    if leaf.dtype != dtype:
-      raise TypeError(f"carry: expected the dtype of gxs ({dtype}) for the Pallas kernel "
-                      f"(one compute dtype: run mixed-precision cells on the xla path), got "
-                      f"{leaf.dtype}")
+  if leaves[0].dtype != dtype:
+    raise TypeError(f"carry: expected h in the dtype of gxs ({dtype}) for the Pallas "
+                    f"kernel, got {leaves[0].dtype}")
+  if family == "lstm" and jnp.promote_types(leaves[1].dtype, dtype) != leaves[1].dtype:
+    raise TypeError(f"carry: expected c in the dtype of gxs ({dtype}) or a wider float for "
+                    f"the Pallas kernel, got {leaves[1].dtype}")
   for w in weights:
-    if jnp.promote_types(w.dtype, dtype) != dtype:
-      raise TypeError(f"params: expected recurrent weights that cast losslessly to the "
-                      f"dtype of gxs ({dtype}) for the Pallas kernel, got {w.dtype}")
+    if not jnp.issubdtype(w.dtype, jnp.floating):
+      raise TypeError(f"params: expected floating-point recurrent weights for the Pallas "
+                      f"kernel, got {w.dtype}")
 
 
 # ----------------------------------------------------------------------------- custom_vjp
@@ -267,9 +276,15 @@ def _previous(config, states, initial):
   return jnp.concatenate([initial[None], states[:-1]])
 
 
-def _outer(a, d):
-  """``sum_t a_t^T d_t``: one matmul over ``T·B`` rows."""
-  return jnp.einsum("tbh,tbg->hg", a, d, precision=_HIGHEST)
+def _outer(a, d, dtype):
+  """``sum_t a_t^T d_t``: one matmul over ``T·B`` rows, computed and returned in ``dtype``
+  (the weight's: float32 sums under bfloat16 compute)."""
+  return jnp.einsum("tbh,tbg->hg", a.astype(dtype), d.astype(dtype), precision=_HIGHEST)
+
+
+def _cast(weights, dtype):
+  """The weights in the compute dtype, as the products read them."""
+  return tuple(w.astype(dtype) for w in weights)
 
 
 # ----------------------------------------------------------------------------- in-kernel helpers
@@ -332,7 +347,7 @@ def _shape(num_steps, like, width=None):
 
 
 def _lstm_forward(config, weights, carry, gx, valid, save):
-  (w_hh,), (h0, c0) = weights, carry
+  (w_hh,), (h0, c0) = _cast(weights, gx.dtype), carry
   num_steps = gx.shape[0]
 
   def kernel(valid_ref, gx_ref, w_ref, h0_ref, c0_ref, hs_ref, cs_ref, gates_ref=None):
@@ -344,8 +359,8 @@ def _lstm_forward(config, weights, carry, gx, valid, save):
       z_i, z_f, z_g, z_o = _blocks(z, 4)
       i, f, o = jax.nn.sigmoid(z_i), jax.nn.sigmoid(z_f), jax.nn.sigmoid(z_o)
       g = jnp.tanh(z_g)
-      c_new = f * c + i * g
-      h_new = o * jnp.tanh(c_new)
+      c_new = f.astype(c.dtype) * c + (i * g).astype(c.dtype)   # c: float32 under bf16
+      h_new = (o * jnp.tanh(c_new)).astype(h.dtype)
       valid_t = _valid_at(valid_ref, t)
       h_new, c_new = _keep(valid_t, h_new, h), _keep(valid_t, c_new, c)
       hs_ref[t] = h_new
@@ -363,7 +378,7 @@ def _lstm_forward(config, weights, carry, gx, valid, save):
 
 
 def _lstm_backward(config, weights, valid, states, previous, gates, d_states):
-  (w_hh,), (_, cs), (_, c_prev) = weights, states, previous
+  (w_hh,), (hs, cs), (_, c_prev) = _cast(weights, gates.dtype), states, previous
   d_hs, d_cs = d_states
   num_steps = cs.shape[0]
 
@@ -373,24 +388,26 @@ def _lstm_backward(config, weights, valid, states, previous, gates, d_states):
 
     def body(t, carry):
       d_h, d_c = carry
+      # In c's dtype (float32 under bfloat16 compute); d_z is rounded to the gates' dtype.
       d_h = d_h + d_hs_ref[t]
       d_c_total = d_c + d_cs_ref[t]
-      i, f, g, o = _blocks(gates_ref[t], 4)
+      i, f, g, o = (a.astype(d_c.dtype) for a in _blocks(gates_ref[t], 4))
       tanh_c = jnp.tanh(cs_ref[t])
-      d_c = d_c_total + d_h * o * _tanh_grad(tanh_c)
+      d_hc = d_h.astype(d_c.dtype)
+      d_c = d_c_total + d_hc * o * _tanh_grad(tanh_c)
       d_z = jnp.concatenate([d_c * g * _sigmoid_grad(i), d_c * c_prev_ref[t] * _sigmoid_grad(f),
-                             d_c * i * _tanh_grad(g), d_h * tanh_c * _sigmoid_grad(o)],
-                            axis=-1)
+                             d_c * i * _tanh_grad(g), d_hc * tanh_c * _sigmoid_grad(o)],
+                            axis=-1).astype(d_gx_ref.dtype)
       d_h_prev = _dot(d_z, w_t)
       valid_t = _valid_at(valid_ref, t)
       d_gx_ref[t] = _keep(valid_t, d_z, 0)
       return _keep(valid_t, d_h_prev, d_h), _keep(valid_t, d_c * f, d_c_total)
-    zeros = jnp.zeros(d_h0_ref.shape, d_h0_ref.dtype)
-    d_h0, d_c0 = _loop(config, num_steps, body, (zeros, zeros), backward=True)
+    zeros = (jnp.zeros(d_h0_ref.shape, d_h0_ref.dtype), jnp.zeros(d_c0_ref.shape, d_c0_ref.dtype))
+    d_h0, d_c0 = _loop(config, num_steps, body, zeros, backward=True)
     d_h0_ref[...] = d_h0
     d_c0_ref[...] = d_c0
 
-  outs = (_shape(num_steps, gates), jax.ShapeDtypeStruct(cs.shape[1:], cs.dtype),
+  outs = (_shape(num_steps, gates), jax.ShapeDtypeStruct(hs.shape[1:], hs.dtype),
           jax.ShapeDtypeStruct(cs.shape[1:], cs.dtype))
   d_gx, d_h0, d_c0 = _call(config, "backward", kernel, valid,
                            (gates, cs, c_prev, d_hs, d_cs, w_hh.T), outs)
@@ -398,7 +415,7 @@ def _lstm_backward(config, weights, valid, states, previous, gates, d_states):
 
 
 def _lstm_weight_grads(weights, previous, gates, d_gx):
-  return (_outer(previous[0], d_gx),)
+  return (_outer(previous[0], d_gx, weights[0].dtype),)
 
 
 # ----------------------------------------------------------------------------- GRU
@@ -421,6 +438,7 @@ def _gru_candidate(family, gx_t, h, hw, b, u_n):
 def _gru_forward(config, weights, carry, gx, valid, save):
   (h0,), num_steps, size = carry, gx.shape[0], carry[0].shape[-1]
   after = config.family == "gru_reset_after"
+  weights = _cast(weights, gx.dtype)
   if after:
     inputs = (gx, h0) + weights                            # w_hh (H, 3H), b_hn (1, H)
   else:
@@ -453,7 +471,7 @@ def _gru_backward(config, weights, valid, states, previous, gates, d_states):
   (h_prev,), (d_hs,) = previous, d_states
   num_steps, size = h_prev.shape[0], h_prev.shape[-1]
   after = config.family == "gru_reset_after"
-  w_hh = weights[0]
+  w_hh = weights[0].astype(h_prev.dtype)
   if after:
     w_ts = (w_hh.T,)                                       # (3H, H)
   else:
@@ -492,11 +510,13 @@ def _gru_backward(config, weights, valid, states, previous, gates, d_states):
 def _gru_weight_grads(weights, previous, gates, d_gx):
   (h_prev,), size = previous, previous[0].shape[-1]
   r, d_n = gates[..., :size], d_gx[..., 2 * size:]
+  dtype = weights[0].dtype
   if len(weights) == 2:                                    # reset-after: w_hh, b_hn
     d_hw = jnp.concatenate([d_gx[..., :2 * size], d_n * r], axis=-1)
-    return _outer(h_prev, d_hw), jnp.sum(d_n * r, axis=(0, 1))[None]
-  return (jnp.concatenate([_outer(h_prev, d_gx[..., :2 * size]), _outer(r * h_prev, d_n)],
-                          axis=-1),)
+    return (_outer(h_prev, d_hw, dtype),
+            jnp.sum((d_n * r).astype(weights[1].dtype), axis=(0, 1))[None])
+  return (jnp.concatenate([_outer(h_prev, d_gx[..., :2 * size], dtype),
+                           _outer(r * h_prev, d_n, dtype)], axis=-1),)
 
 
 class _Family(NamedTuple):
