@@ -270,7 +270,7 @@ def _jaxseq(row: Row, config: Config, data: dict, pallas_interpret: bool):
     if why is not None:
       raise Skip(why)
   if kernel == "pallas":
-    if not kernels.pallas.AVAILABLE:
+    if kernels.unavailable_reason("pallas"):   # no Pallas, or a GPU (no Mosaic GPU lowering)
       raise Skip(kernels.unavailable_reason("pallas"))
     if jax.default_backend() == "cpu" and not pallas_interpret:
       raise Skip("Pallas on CPU runs in interpret mode, far too slow at this size "
@@ -278,9 +278,6 @@ def _jaxseq(row: Row, config: Config, data: dict, pallas_interpret: bool):
     why = kernels.pallas.reason(cell)
     if why is not None:
       raise Skip(why)
-    if config.dtype != "float32":   # refused at trace time otherwise, with this reason
-      raise Skip("the Pallas kernels compute in one dtype; a bfloat16 jaxseq LSTM keeps "
-                 "its cell state and params in float32 (mixed precision runs on xla)")
   calls = _jitted(lambda p, x: jaxseq.unroll(cell, p, x, kernel=kernel)[0], params,
                   data["xs"], compare=row.cell == "lstm")
   path = auto_path(cell, params, config) if kernel == "auto" else kernel

@@ -269,3 +269,45 @@ def test_tpu_interpret_params():
   run = pallas.run_for(cell, interpret=pltpu.InterpretParams())
   got = _jit(lambda *a: run(*a, lengths, True, 1))(params, carry, gxs)
   _assert_close(got, scan_recur(cell.recur, params, carry, gxs, lengths, True), 1e-5)
+
+
+@pytest.mark.parametrize("name,dtype", [("lstm", jnp.float32), ("gru", jnp.float32),
+                                        ("gru_reset_before", jnp.float32),
+                                        ("lstm", jnp.bfloat16)])
+def test_kernels_lower_for_tpu(name, dtype):
+  """Pallas's TPU lowering (Mosaic) of the forward and backward kernels, on this CPU-only
+  machine: ``jax.export`` for the ``"tpu"`` platform lowers every ``pallas_call`` to a Mosaic
+  custom call (one for the forward, two for forward+backward), with ``lengths`` and
+  ``reverse``, at TPU-tiled sizes (B 8 or 16, H 128). Mosaic's compilation needs a TPU."""
+  make = {"lstm": jaxseq.lstm, "gru": jaxseq.gru,
+          "gru_reset_before": functools.partial(jaxseq.gru, reset_after=False)}[name]
+  cell = make(128, dtype=None if dtype == jnp.float32 else dtype)
+  batch = 8 if dtype == jnp.float32 else 16
+  params = jax.eval_shape(lambda key: cell.init(key, 16), KEY)
+  carry = jax.eval_shape(lambda p: cell.initialize_carry(p, (batch, 16)), params)
+  gxs = jax.ShapeDtypeStruct((4, batch, params["w_ih"].shape[-1]), dtype)
+  run = pallas.run_for(cell, interpret=False)
+  lengths = np.array([4, 0, 2, 3] * (batch // 4))
+  forward = lambda p, c, g: run(p, c, g, lengths, True, 1)
+  loss = lambda p, c, g: jnp.sum(forward(p, c, g)[1].astype(jnp.float32) ** 2)
+  for fn, calls in ((forward, 1), (jax.grad(loss, argnums=(0, 1, 2)), 2)):
+    exported = jax.export.export(jax.jit(fn), platforms=("tpu",))(params, carry, gxs)
+    assert exported.platforms == ("tpu",)
+    assert exported.mlir_module().count("tpu_custom_call") == calls
+
+
+def test_not_available_where_the_kernels_do_not_lower(monkeypatch):
+  """On a GPU backend (faked) the kernels do not lower (Mosaic GPU; module docstring):
+  ``"pallas"`` is not available, asking for it is a ``ValueError`` naming the backend, and
+  only interpret mode runs."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  cell, params, xs, _ = _setup("gru", np.float32)
+  assert "pallas" not in jaxseq.kernels.available()
+  assert "'gpu' backend" in pallas.backend_reason()
+  with pytest.raises(ValueError, match="kernel: .*'pallas' is not available on this "
+                                       "machine: .*do not lower for the 'gpu' backend"):
+    jaxseq.unroll(cell, params, np.moveaxis(xs, 0, 1), kernel="pallas")
+  for interpret in (None, False):
+    with pytest.raises(ValueError, match="interpret: expected True .* got " + str(interpret)):
+      pallas.run_for(cell, interpret=interpret)
+  assert pallas.run_for(cell, interpret=True).options["interpret"] is True

@@ -11,7 +11,9 @@ kernel=...)`` in Python before tracing.
   no ``vmap`` of the op itself.
 * ``"pallas"``: Pallas kernels (``jaxseq.kernels.pallas``) for the plain LSTM and the GRU
   (both reset placements), with a ``custom_vjp``; interpret mode on CPU (for testing, not
-  speed). Opt-in: not yet measured on TPU/GPU hardware, so ``auto`` never picks it.
+  speed), Mosaic on TPU (lowered here, not yet run on one); not available on GPUs (they do
+  not lower for Mosaic GPU). Opt-in: not yet measured on hardware, so ``auto`` never picks
+  it.
 * ``"auto"``: cuDNN where it applies on a GPU (the cell is the plain float32 LSTM, no
   ``remat``, not inside ``jax.vmap`` as far as Python can see), else the cell's own kernel
   (today the fused XLA path on every backend), else the reference scan.
@@ -39,13 +41,15 @@ def unavailable_reason(kernel: str) -> str | None:
             f"{jax.default_backend()!r}")
   if kernel == "pallas" and not pallas.AVAILABLE:
     return "jax.experimental.pallas does not import with this JAX"
+  if kernel == "pallas":
+    return pallas.backend_reason()
   return None
 
 
 def available() -> tuple[str, ...]:
   """The kernel paths this machine can run, in ``unroll(..., kernel=...)``'s names:
-  ``"reference"`` and ``"xla"`` everywhere, ``"pallas"`` where Pallas imports (interpret
-  mode on CPU), ``"cudnn"`` on a CUDA/ROCm GPU."""
+  ``"reference"`` and ``"xla"`` everywhere, ``"pallas"`` where Pallas imports on CPU
+  (interpret mode) and TPU, ``"cudnn"`` on a CUDA/ROCm GPU."""
   return tuple(k for k in KERNELS if k != "auto" and unavailable_reason(k) is None)
 
 

@@ -45,7 +45,16 @@ on CPU, which is how they are tested here (float32 and float64, values and gradi
 the ``lax.scan`` of the cell's ``recur``). A ``jax.experimental.pallas.tpu.InterpretParams()``
 may be passed instead (TPU semantics, slower).
 
-Compiling for real hardware (not done in this build; nothing here was lowered by Mosaic):
+Compiling for real hardware (nothing here has run on a TPU or GPU):
+
+* Lowering: ``jax.export(..., platforms=("tpu",))`` on this CPU-only machine runs Pallas's TPU
+  lowering of both kernels (float32 and bfloat16, with ``lengths`` and ``reverse``) into
+  Mosaic custom calls (``tests/test_kernels_pallas.py``); Mosaic's own compilation (tiling,
+  VMEM limits) happens on a TPU only. For a GPU the same export fails in JAX 0.10: Pallas's
+  default GPU backend, Mosaic GPU, has no ``dot_general`` at the lane level these kernels are
+  written in, needs copies of whole warpgroups, and whole-sequence blocks exceed shared
+  memory (T16 B8 H128: 663 KB against 232 KB). So on a GPU backend ``"pallas"`` is not
+  available (``backend_reason``; ``interpret=True`` still runs).
 
 * TPU (Mosaic): the kernels use no grid and default (whole-array) BlockSpecs, so every operand
   (``gx``, the states, the stored gates, their cotangents) is copied into VMEM whole: fine
@@ -119,6 +128,16 @@ def reason(cell: Any) -> str | None:
   return f"{getattr(spec, 'name', type(spec).__name__)} cell has no Pallas kernel"
 
 
+def backend_reason() -> str | None:
+  """Why the kernels cannot be compiled for JAX's default backend, or ``None``: they run on
+  TPU (Mosaic) and, interpreted, on CPU; they do not lower for GPUs (module docstring)."""
+  backend = jax.default_backend()
+  if backend in ("cpu", "tpu"):
+    return None
+  return (f"the Pallas kernels lower for TPU (Mosaic) and run interpreted on CPU; they do "
+          f"not lower for the {backend!r} backend (Mosaic GPU)")
+
+
 def run_for(cell: Any, interpret: Any = None) -> Callable[..., Any]:
   """The whole-sequence ``run`` of ``cell``'s recurrent half with Pallas kernels:
   ``run(params, carry, gxs, lengths, reverse, unroll) -> (carry, ys)``, the contract of
@@ -128,7 +147,8 @@ def run_for(cell: Any, interpret: Any = None) -> Callable[..., Any]:
     cell: a cell for which ``reason(cell)`` is ``None`` (else ``ValueError``).
     interpret: ``pallas_call``'s ``interpret``: ``None`` interprets on the CPU backend
       (``jax.default_backend() == "cpu"``) and compiles elsewhere; ``True``/``False``; or a
-      ``jax.experimental.pallas.tpu.InterpretParams``.
+      ``jax.experimental.pallas.tpu.InterpretParams``. Compiling where ``backend_reason()``
+      is not ``None`` (a GPU) is a ``ValueError``.
 
   Returns:
     ``run``: ``gxs`` is the time-major ``cell.project(params, xs)``, ``(T, *batch, G)``
@@ -141,6 +161,10 @@ def run_for(cell: Any, interpret: Any = None) -> Callable[..., Any]:
   why = reason(cell)
   if why is not None:
     raise ValueError(f"cell: expected a cell with a Pallas kernel, got one without ({why})")
+  if interpret is False or (interpret is None and jax.default_backend() != "cpu"):
+    if backend_reason() is not None:
+      raise ValueError(f"interpret: expected True (or a TPU InterpretParams) on this "
+                       f"backend, got {interpret!r} ({backend_reason()})")
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
   spec = cell.spec
