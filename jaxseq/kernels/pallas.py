@@ -41,9 +41,10 @@ cotangents pass the carry's cotangent through. ``reverse``: the kernels index ti
 ``fori_loop``'s unroll factor.
 
 Interpret mode: ``interpret=True`` (the default on the CPU backend) runs the kernels as JAX
-on CPU, which is how they are tested here (float32 and float64, values and gradients against
-the ``lax.scan`` of the cell's ``recur``). A ``jax.experimental.pallas.tpu.InterpretParams()``
-may be passed instead (TPU semantics, slower).
+on CPU, which is how they are tested here (float64, float32 and bfloat16 compute; values and
+gradients against the ``lax.scan`` of the cell's ``recur``). A
+``jax.experimental.pallas.tpu.InterpretParams()`` may be passed instead (TPU semantics,
+slower).
 
 Compiling for real hardware (nothing here has run on a TPU or GPU):
 
