@@ -311,3 +311,36 @@ def test_not_available_where_the_kernels_do_not_lower(monkeypatch):
     with pytest.raises(ValueError, match="interpret: expected True .* got " + str(interpret)):
       pallas.run_for(cell, interpret=interpret)
   assert pallas.run_for(cell, interpret=True).options["interpret"] is True
+
+
+def test_bidirectional_remat_and_vmap_match_the_reference():
+  """The Pallas path inside layers: a bidirectional LSTM layer under ``remat=2`` (chunks of
+  2 over T=5, a shorter last one) with lengths 0/T/partial, values and parameter gradients;
+  and ``jax.vmap`` over the path (per-example gradients of a reset-before GRU). Each against
+  the same with ``kernel="reference"``, float32."""
+  _, params, xs, _ = _setup("lstm", np.float32)
+  xs, lengths = np.moveaxis(xs, 0, 1), np.asarray(LENGTHS)
+  layer = lambda k: jaxseq.bidirectional(jaxseq.recurrent(_cell("lstm"), remat=2, kernel=k))
+  bi_params = {"forward": params,
+               "backward": jax.tree.map(lambda p: 0.8 * p[..., ::-1], params)}
+  assert jax.tree.structure(bi_params) == jax.tree.structure(
+      jax.eval_shape(lambda key: layer("reference").init(key, D), KEY))
+
+  def run(kernel):
+    def loss(p):
+      ys, carry = layer(kernel).apply(p, xs, lengths=lengths)
+      return _loss(carry, ys), ys
+    return _jit(jax.value_and_grad(loss, has_aux=True))(bi_params)
+  assert "pallas_call" in str(jax.make_jaxpr(   # the layer takes the Pallas path
+      lambda p: layer("pallas").apply(p, xs, lengths=lengths))(bi_params))
+  (value, ys), grads = run("pallas")
+  (value_ref, ys_ref), grads_ref = run("reference")
+  _assert_close((value, ys, grads), (value_ref, ys_ref, grads_ref), 1e-5)
+
+  cell, params, xs, _ = _setup("gru_reset_before", np.float32)
+  xs = np.moveaxis(xs, 0, 1)
+  per_example = lambda k: _jit(jax.vmap(jax.grad(lambda p, x: _loss(
+      *jaxseq.unroll(cell, p, x, kernel=k)[::-1])), in_axes=(None, 0)))(params, xs)
+  assert "pallas_call" in str(jax.make_jaxpr(
+      jax.vmap(lambda x: jaxseq.unroll(cell, params, x, kernel="pallas")))(xs))
+  _assert_close(per_example("pallas"), per_example("reference"), 1e-5)
