@@ -270,8 +270,9 @@ def _jaxseq(row: Row, config: Config, data: dict, pallas_interpret: bool):
     if why is not None:
       raise Skip(why)
   if kernel == "pallas":
-    if kernels.unavailable_reason("pallas"):   # no Pallas, or a GPU (no Mosaic GPU lowering)
-      raise Skip(kernels.unavailable_reason("pallas"))
+    why = kernels.unavailable_reason("pallas")   # no Pallas, or a GPU (no Mosaic GPU lowering)
+    if why is not None:
+      raise Skip(why)
     if jax.default_backend() == "cpu" and not pallas_interpret:
       raise Skip("Pallas on CPU runs in interpret mode, far too slow at this size "
                  "(run at --quick only)")

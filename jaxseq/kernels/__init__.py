@@ -39,9 +39,9 @@ def unavailable_reason(kernel: str) -> str | None:
     import jax
     return (f"the cuDNN/MIOpen LSTM needs a CUDA or ROCm GPU backend; this one is "
             f"{jax.default_backend()!r}")
-  if kernel == "pallas" and not pallas.AVAILABLE:
-    return "jax.experimental.pallas does not import with this JAX"
   if kernel == "pallas":
+    if not pallas.AVAILABLE:
+      return "jax.experimental.pallas does not import with this JAX"
     return pallas.backend_reason()
   return None
 
